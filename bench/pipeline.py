@@ -1,0 +1,687 @@
+"""End-to-end pipeline benchmark: the seed-style baseline and mlpulse, side by side.
+
+Run from the repository root with the project virtualenv::
+
+    python bench/pipeline.py                  # full fixed workloads
+    python bench/pipeline.py --quick          # counts / 10, steady phase 5 s
+    python bench/pipeline.py --only baseline  # one system only
+    python bench/pipeline.py --out bench/results.md
+
+Every phase runs against a dedicated RabbitMQ vhost (``mlpulse-bench``) whose queues are
+deleted first, a flushed Redis DB 14 and a fresh temporary directory. Figures are taken from
+the metric CSV each system writes: throughput is rows / (last ``logged_at`` - first send) and
+latency is ``logged_at`` - send time per row. Peak RSS is sampled every 0.2 s per role
+process, children included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pika
+import psutil
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASELINE_DIR = REPO_ROOT / "bench" / "baseline"
+VHOST = "mlpulse-bench"
+AMQP_URL = f"amqp://guest:guest@localhost:5672/{VHOST}"
+REDIS_URL = "redis://localhost:6379/14"
+QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
+
+POLL_S = 0.2
+READY_TIMEOUT_S = 180.0
+STALL_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+READY_RE = re.compile(rb"\bready\b", re.IGNORECASE)
+MIB = 1024 * 1024
+
+DEFAULT_BASELINE_COUNT = 2_000
+DEFAULT_BATCH_COUNT = 100_000
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_SINGLE_COUNT = 20_000
+DEFAULT_STEADY_RATE = 1_000
+DEFAULT_STEADY_SECONDS = 30
+QUICK_DIVISOR = 10
+QUICK_STEADY_SECONDS = 5
+DEFAULT_PHASE_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One workload: which system runs it and how the producer is driven."""
+
+    key: str
+    label: str
+    system: str  # "baseline" or "mlpulse"
+    count: int
+    batch: int = 1
+    rate: float = 0.0
+
+
+@dataclass
+class PhaseResult:
+    """Figures measured for one phase."""
+
+    phase: Phase
+    rows: int = 0
+    unique_ids: int = 0
+    events_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    producer_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        """Rows whose id was already seen."""
+        return self.rows - self.unique_ids
+
+    @property
+    def missing(self) -> int:
+        """Requested events with no row at all."""
+        return max(self.phase.count - self.unique_ids, 0)
+
+
+@dataclass
+class Role:
+    """A running subprocess of the pipeline and the file its output goes to."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class RssSampler:
+    """Background thread recording the peak RSS (process + children) of each tracked role."""
+
+    def __init__(self, interval_s: float = POLL_S) -> None:
+        self._interval_s = interval_s
+        self._procs: dict[str, psutil.Process] = {}
+        self._peak: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def track(self, name: str, pid: int) -> None:
+        """Start sampling the process ``pid`` under ``name``."""
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        with self._lock:
+            self._procs[name] = proc
+        self._sample()
+
+    def peak_mib(self) -> dict[str, float]:
+        """Peak RSS per role in MiB."""
+        with self._lock:
+            return {name: rss / MIB for name, rss in self._peak.items()}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            procs = list(self._procs.items())
+        for name, proc in procs:
+            rss = _tree_rss(proc)
+            if rss is None:
+                continue
+            with self._lock:
+                self._peak[name] = max(self._peak.get(name, 0), rss)
+
+
+def _tree_rss(proc: psutil.Process) -> int | None:
+    """RSS of ``proc`` plus all its descendants, or None once it has exited."""
+    try:
+        total = int(proc.memory_info().rss)
+        children = proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    for child in children:
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return total
+
+
+# --------------------------------------------------------------------------- broker state
+
+
+def ensure_vhost() -> None:
+    """Create the benchmark vhost and grant guest full permissions (idempotent)."""
+    if shutil.which("rabbitmqctl") is None:
+        print("rabbitmqctl not found; assuming vhost exists", file=sys.stderr)
+        return
+    commands = (
+        ["rabbitmqctl", "add_vhost", VHOST],
+        ["rabbitmqctl", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
+    )
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        output = done.stdout + done.stderr
+        if done.returncode != 0 and not re.search(r"already.exists", output, re.IGNORECASE):
+            raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {output}")
+
+
+def reset_broker_state() -> None:
+    """Delete the pipeline queues in the vhost and flush the benchmark Redis DB."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        for queue in QUEUES:
+            channel.queue_delete(queue=queue)
+    finally:
+        connection.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def base_env() -> dict[str, str]:
+    """Environment for every subprocess: unbuffered, ``src`` importable, no stray settings."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MLPULSE_", "BASELINE_"))
+    }
+    src = str(REPO_ROOT / "src")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_role(name: str, argv: Sequence[str], env: dict[str, str], workdir: Path) -> Role:
+    """Start one pipeline process with stdout and stderr going to ``workdir/<name>.log``."""
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(argv), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return Role(name=name, proc=proc, log_path=log_path)
+
+
+def log_tail(role: Role, lines: int = 15) -> str:
+    """Last lines of a role's output, for error reports."""
+    try:
+        text = role.log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def describe_exit(role: Role, what: str) -> str:
+    """One-line summary of an unexpected exit; the full output tail goes to stderr."""
+    tail = log_tail(role)
+    print(f"--- {role.name} output (last lines) ---\n{tail}\n---", file=sys.stderr)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    return f"{role.name} {what} (code {role.proc.returncode}); last output: {last or '(none)'}"
+
+
+def wait_ready(role: Role, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Block until the role logs the word ``ready``; raise if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if READY_RE.search(role.log_path.read_bytes()):
+            return
+        if role.proc.poll() is not None:
+            raise RuntimeError(describe_exit(role, "exited before ready"))
+        time.sleep(POLL_S)
+    raise RuntimeError(describe_exit(role, f"not ready after {timeout_s:.0f} s"))
+
+
+def stop_role(role: Role) -> str | None:
+    """SIGTERM the role and wait; kill it and leftover children if it lingers.
+
+    Returns a note when the role did not shut down cleanly, else None.
+    """
+    try:
+        children = psutil.Process(role.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    note = None
+    if role.proc.poll() is None:
+        role.proc.send_signal(signal.SIGTERM)
+        try:
+            role.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            role.proc.kill()
+            role.proc.wait()
+            note = f"{role.name} ignored SIGTERM for {STOP_TIMEOUT_S:.0f} s and was killed"
+    elif role.proc.returncode != 0:
+        note = describe_exit(role, "exited early")
+    for child in children:
+        try:
+            if child.is_running():
+                child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return note
+
+
+# --------------------------------------------------------------------------- metric log
+
+
+def count_rows(csv_path: Path) -> int:
+    """Data rows currently in the CSV (lines minus header); 0 if absent."""
+    try:
+        data = csv_path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(data.count(b"\n") - 1, 0)
+
+
+def read_log(csv_path: Path, sent_column: str) -> pd.DataFrame:
+    """Load ``id`` (as text), send time and ``logged_at`` from a metric CSV."""
+    empty = pd.DataFrame({"id": [], "sent": [], "logged": []})
+    try:
+        frame = pd.read_csv(csv_path, dtype={"id": str}, on_bad_lines="skip")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return empty
+    missing = {"id", sent_column, "logged_at"} - set(frame.columns)
+    if missing:
+        raise RuntimeError(f"{csv_path.name} lacks columns {sorted(missing)}")
+    return pd.DataFrame(
+        {
+            "id": frame["id"],
+            "sent": pd.to_numeric(frame[sent_column], errors="coerce"),
+            "logged": pd.to_numeric(frame["logged_at"], errors="coerce"),
+        }
+    ).dropna(subset=["id"])
+
+
+def summarise(result: PhaseResult, log: pd.DataFrame, producer_started: float) -> None:
+    """Fill rows, unique ids, throughput and latency percentiles from the loaded log."""
+    result.rows = len(log)
+    result.unique_ids = int(log["id"].nunique())
+    timed = log.dropna(subset=["sent", "logged"])
+    if timed.empty:
+        return
+    first_send = float(timed["sent"].min())
+    if not first_send > 0:
+        first_send = producer_started
+    window = float(timed["logged"].max()) - first_send
+    if window > 0:
+        result.events_per_s = result.rows / window
+    latency_ms = (timed["logged"] - timed["sent"]) * 1000.0
+    result.p50_ms = float(latency_ms.quantile(0.50))
+    result.p99_ms = float(latency_ms.quantile(0.99))
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """The concrete processes and files of one phase."""
+
+    consumers: list[tuple[str, list[str]]]
+    producer: list[str]
+    env: dict[str, str]
+    csv_path: Path
+    sent_column: str
+
+
+def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
+    """Build the commands, environment and CSV location for a phase in ``workdir``."""
+    python = sys.executable
+    env = base_env()
+    if phase.system == "baseline":
+        csv_path = workdir / "logs" / "metric_log.csv"
+        env |= {"BASELINE_AMQP_URL": AMQP_URL, "BASELINE_CSV": str(csv_path)}
+        return PhasePlan(
+            consumers=[
+                ("metric", [python, str(BASELINE_DIR / "metric.py")]),
+                ("model", [python, str(BASELINE_DIR / "model.py")]),
+            ],
+            producer=[
+                python,
+                str(BASELINE_DIR / "features.py"),
+                "--count",
+                str(phase.count),
+                "--interval",
+                "0",
+            ],
+            env=env,
+            csv_path=csv_path,
+            sent_column="id",
+        )
+    dirs = {name: workdir / name for name in ("logs", "data", "models")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    env |= {
+        "MLPULSE_AMQP_URL": AMQP_URL,
+        "MLPULSE_REDIS_URL": REDIS_URL,
+        "MLPULSE_LOG_DIR": str(dirs["logs"]),
+        "MLPULSE_DATA_DIR": str(dirs["data"]),
+        "MLPULSE_MODELS_DIR": str(dirs["models"]),
+    }
+    return PhasePlan(
+        # The model role trains at first start, so it goes first and must be ready.
+        consumers=[
+            ("model", [python, "-m", "mlpulse", "model"]),
+            ("metric", [python, "-m", "mlpulse", "metric"]),
+        ],
+        producer=[
+            python,
+            "-m",
+            "mlpulse",
+            "produce",
+            "--count",
+            str(phase.count),
+            "--batch",
+            str(phase.batch),
+            "--rate",
+            f"{phase.rate:g}",
+        ],
+        env=env,
+        csv_path=dirs["logs"] / "metric_log.csv",
+        sent_column="sent_at",
+    )
+
+
+def wait_for_rows(
+    result: PhaseResult, producer: Role, csv_path: Path, started: float, timeout_s: float
+) -> None:
+    """Poll until the producer has exited and the CSV holds every event, or it stalls."""
+    expected = result.phase.count
+    deadline = time.monotonic() + timeout_s
+    last_rows = -1
+    progress_at = time.monotonic()
+    while True:
+        rows = count_rows(csv_path)
+        now = time.monotonic()
+        producer_done = producer.proc.poll() is not None
+        if producer_done and result.producer_s is None:
+            result.producer_s = time.time() - started
+            if producer.proc.returncode != 0:
+                result.notes.append(describe_exit(producer, "failed"))
+        if rows > last_rows or (not producer_done and rows < expected):
+            progress_at = now
+        last_rows = rows
+        if rows >= expected and producer_done:
+            return
+        if now - progress_at > STALL_TIMEOUT_S:
+            result.notes.append(f"no progress for {STALL_TIMEOUT_S:.0f} s at {rows} rows")
+            return
+        if now > deadline:
+            result.notes.append(f"phase timeout after {timeout_s:.0f} s at {rows} rows")
+            return
+        time.sleep(POLL_S)
+
+
+def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
+    """Run one phase from clean broker state in a fresh temp dir and measure it."""
+    result = PhaseResult(phase=phase)
+    workdir = Path(tempfile.mkdtemp(prefix=f"mlpulse-bench-{phase.key}-"))
+    roles: list[Role] = []
+    plan = plan_phase(phase, workdir)
+    before_stop = pd.DataFrame({"id": [], "sent": [], "logged": []})
+    producer_started = time.time()
+    print(f"[{phase.key}] {phase.label}: starting in {workdir}", file=sys.stderr)
+    try:
+        reset_broker_state()
+        with RssSampler() as sampler:
+            try:
+                for name, argv in plan.consumers:
+                    role = start_role(name, argv, plan.env, workdir)
+                    roles.append(role)
+                    sampler.track(name, role.proc.pid)
+                    wait_ready(role)
+                producer_started = time.time()
+                producer = start_role("producer", plan.producer, plan.env, workdir)
+                roles.append(producer)
+                sampler.track("producer", producer.proc.pid)
+                wait_for_rows(result, producer, plan.csv_path, producer_started, timeout_s)
+                before_stop = read_log(plan.csv_path, plan.sent_column)
+            finally:
+                for role in reversed(roles):
+                    note = stop_role(role)
+                    if note and role.name != "producer":
+                        result.notes.append(note)
+            result.peak_rss_mib = sampler.peak_mib()
+        # A role may flush on shutdown, or be stopped mid-rewrite; keep the fuller read.
+        after_stop = read_log(plan.csv_path, plan.sent_column)
+        log = after_stop if len(after_stop) >= len(before_stop) else before_stop
+        summarise(result, log, producer_started)
+    except Exception as exc:  # one broken phase must not hide the others
+        result.notes.append(f"{type(exc).__name__}: {exc}")
+        print(f"[{phase.key}] failed: {exc}", file=sys.stderr)
+    finally:
+        if keep_dirs:
+            print(f"[{phase.key}] kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"[{phase.key}] {result.rows}/{phase.count} rows, {_fmt(result.events_per_s, 1)} events/s",
+        file=sys.stderr,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    """Format a number with thousands separators, or ``n/a``."""
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    """Format ``numerator / denominator`` as ``N.NNx``, or ``n/a``."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return "n/a"
+    return f"{numerator / denominator:,.2f}x"
+
+
+def _total_rss(result: PhaseResult) -> float | None:
+    """Sum of the per-role peak RSS figures."""
+    return sum(result.peak_rss_mib.values()) if result.peak_rss_mib else None
+
+
+def nproc() -> str:
+    """Processing units available, as ``nproc`` reports them."""
+    if shutil.which("nproc"):
+        done = subprocess.run(["nproc"], capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return str(os.cpu_count())
+
+
+def render_report(results: list[PhaseResult], command: str) -> str:
+    """Markdown report: header, per-phase table, ratios to the baseline and notes."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## Pipeline benchmark",
+        "",
+        f"- date: {now}",
+        f"- machine: nproc={nproc()}, {platform.machine()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}",
+        f"- command: `{command}`",
+        f"- broker: RabbitMQ vhost `{VHOST}` (queues deleted before each phase), "
+        "Redis DB 14 (flushed before each phase), fresh temp dir per phase",
+        "",
+        "| phase | events | rows | unique ids (dup / missing) | events/s | p50 ms | p99 ms "
+        "| peak RSS MiB producer / model / metric | producer s |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for res in results:
+        rss = " / ".join(
+            _fmt(res.peak_rss_mib.get(name), 0) for name in ("producer", "model", "metric")
+        )
+        ids = f"{res.unique_ids:,} ({res.duplicates:,} / {res.missing:,})"
+        lines.append(
+            f"| {res.phase.label} | {res.phase.count:,} | {res.rows:,} | {ids} "
+            f"| {_fmt(res.events_per_s)} | {_fmt(res.p50_ms, 2)} | {_fmt(res.p99_ms, 2)} "
+            f"| {rss} | {_fmt(res.producer_s)} |"
+        )
+
+    baseline = next((r for r in results if r.phase.system == "baseline"), None)
+    mlpulse = [r for r in results if r.phase.system == "mlpulse"]
+    if mlpulse:
+        lines += [
+            "",
+            "Ratios to the baseline phase (bigger is better in every column):",
+            "",
+            "| mlpulse phase | events/s (mlpulse / baseline) | p50 latency (baseline / mlpulse) "
+            "| p99 latency (baseline / mlpulse) | peak RSS total (baseline / mlpulse) "
+            "| exactly N unique ids |",
+            "|---|--:|--:|--:|--:|---|",
+        ]
+        for res in mlpulse:
+            exact = (
+                "yes"
+                if res.unique_ids == res.phase.count and res.duplicates == 0
+                else f"no ({res.duplicates:,} dup, {res.missing:,} missing)"
+            )
+            b = baseline or PhaseResult(phase=res.phase)
+            lines.append(
+                f"| {res.phase.label} | {_ratio(res.events_per_s, b.events_per_s)} "
+                f"| {_ratio(b.p50_ms, res.p50_ms)} | {_ratio(b.p99_ms, res.p99_ms)} "
+                f"| {_ratio(_total_rss(b), _total_rss(res))} | {exact} |"
+            )
+
+    lines += [
+        "",
+        "events/s = rows / (last `logged_at` - first send); first send is min(`sent_at`) for "
+        "mlpulse and min(`id`) for the baseline (its id is the send timestamp). Latency is "
+        "`logged_at` - send time per CSV row. Peak RSS includes child processes, sampled "
+        f"every {POLL_S} s. `producer s` is the producer process wall time.",
+    ]
+    if any(r.phase.rate for r in results):
+        lines[-1] += " Paced phases are capped at the offered rate; they are there for latency."
+    noted = [r for r in results if r.notes]
+    if noted:
+        lines += ["", "Notes:", ""]
+        lines += [f"- {r.phase.label}: {'; '.join(r.notes)}" for r in noted]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_phases(args: argparse.Namespace) -> list[Phase]:
+    """The fixed workloads, scaled down by ``--quick`` unless sizes are given explicitly."""
+    divisor = QUICK_DIVISOR if args.quick else 1
+
+    def size(value: int | None, default: int) -> int:
+        return value if value is not None else max(default // divisor, 1)
+
+    steady_rate = args.steady_rate
+    steady_seconds = args.steady_seconds
+    if steady_seconds is None:
+        steady_seconds = QUICK_STEADY_SECONDS if args.quick else DEFAULT_STEADY_SECONDS
+    batch_size = args.batch_size
+    phases = [
+        Phase(
+            "baseline",
+            "baseline (seed-style)",
+            "baseline",
+            size(args.baseline_count, DEFAULT_BASELINE_COUNT),
+        ),
+        Phase(
+            "batch",
+            f"mlpulse, frames of {batch_size}",
+            "mlpulse",
+            size(args.batch_count, DEFAULT_BATCH_COUNT),
+            batch=batch_size,
+        ),
+        Phase(
+            "single",
+            "mlpulse, single-message frames",
+            "mlpulse",
+            size(args.single_count, DEFAULT_SINGLE_COUNT),
+            batch=1,
+        ),
+        Phase(
+            "steady",
+            f"mlpulse, steady {steady_rate:g}/s for {steady_seconds:g} s",
+            "mlpulse",
+            int(steady_rate * steady_seconds),
+            batch=1,
+            rate=steady_rate,
+        ),
+    ]
+    if args.only != "all":
+        phases = [p for p in phases if p.system == args.only]
+    return phases
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description="Benchmark the seed-style baseline against mlpulse end to end."
+    )
+    parser.add_argument("--only", choices=("all", "baseline", "mlpulse"), default="all")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"divide event counts by {QUICK_DIVISOR}, steady phase "
+        f"{QUICK_STEADY_SECONDS} s (smoke run)",
+    )
+    parser.add_argument("--baseline-count", type=int, help="default 2,000")
+    parser.add_argument("--batch-count", type=int, help="default 100,000")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--single-count", type=int, help="default 20,000")
+    parser.add_argument("--steady-rate", type=float, default=DEFAULT_STEADY_RATE)
+    parser.add_argument("--steady-seconds", type=float, help="default 30")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_PHASE_TIMEOUT_S,
+        help="give up on a phase after this many seconds",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep each phase's temp dir")
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected phases and print the report; non-zero if any phase has notes."""
+    args = parse_args(argv)
+    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    ensure_vhost()
+    results = [run_phase(phase, args.timeout, args.keep) for phase in build_phases(args)]
+    report = render_report(results, command)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 1 if any(r.notes or r.rows < r.phase.count for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""mlpulse: real-time monitoring of a deployed ML model."""
+
+__version__ = "0.1.0"

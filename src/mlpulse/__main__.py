@@ -1,0 +1,5 @@
+"""Allow `python -m mlpulse`."""
+
+from mlpulse.cli import main
+
+main()

@@ -1,0 +1,253 @@
+"""RabbitMQ edge: connections, topology, batched consuming with late ack, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
+import redis.exceptions
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+
+from mlpulse.config import Settings
+from mlpulse.errors import ServiceUnavailable
+from mlpulse.wire import (
+    CODE_HEADER,
+    DATA_QUEUES,
+    DEAD_QUEUE,
+    EVENTS_EXCHANGE,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    Rejected,
+)
+
+log = logging.getLogger(__name__)
+
+# Errors after which the same work, tried again later, can succeed.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+)
+
+Handler = Callable[[list[AbstractIncomingMessage]], Awaitable[None]]
+
+
+async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
+    """A self-healing connection named after the role, or one clear error."""
+    url = str(settings.amqp_url)
+    try:
+        return await aio_pika.connect_robust(
+            url, client_properties={"connection_name": f"mlpulse-{role}"}, timeout=10
+        )
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable(
+            f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
+            "Start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`."
+        ) from None
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    """Declare every queue and exchange the pipeline uses (idempotent, seed-compatible).
+
+    The data queues carry no x-arguments, so a seed producer's plain
+    `queue_declare(queue=..., durable=True)` agrees with them; dead letters are routed
+    by the consumers themselves.
+    """
+    for name in (*DATA_QUEUES, DEAD_QUEUE):
+        await channel.declare_queue(name, durable=True)
+    await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+def persistent(body: bytes, **kwargs: Any) -> aio_pika.Message:
+    """A persistent JSON message."""
+    return aio_pika.Message(
+        body,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        content_type="application/json",
+        **kwargs,
+    )
+
+
+async def publish_many(channel: AbstractChannel, routing_key: str, bodies: Iterable[bytes]) -> int:
+    """Publish to a queue and wait until the broker has confirmed every message."""
+    exchange = channel.default_exchange
+    pending = [exchange.publish(persistent(b), routing_key=routing_key) for b in bodies]
+    if pending:
+        await asyncio.gather(*pending)
+    return len(pending)
+
+
+async def dead_letter(channel: AbstractChannel, source: str, rejected: Sequence[Rejected]) -> None:
+    """Send what could not be processed to `mlpulse.dead`, with the reason in headers."""
+    if not rejected:
+        return
+    exchange = channel.default_exchange
+    await asyncio.gather(
+        *(
+            exchange.publish(
+                persistent(
+                    r.payload,
+                    headers={REASON_HEADER: r.reason, QUEUE_HEADER: source, CODE_HEADER: r.code},
+                    message_id=uuid.uuid4().hex,
+                    timestamp=time.time(),
+                ),
+                routing_key=DEAD_QUEUE,
+            )
+            for r in rejected
+        )
+    )
+    for r in rejected:
+        log.warning("dead-lettered a message from %s: %s", source, r.reason)
+
+
+async def ack_batch(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Ack a processed batch: one `multiple` ack per channel it arrived on.
+
+    Deliveries are processed in order, so the last tag of each channel covers the batch.
+    A channel that closed meanwhile has already returned its messages to the queue; they
+    come back and are recognised as duplicates, so that failure is only logged.
+    """
+    last: dict[int, AbstractIncomingMessage] = {}
+    for m in messages:
+        last[id(m.channel)] = m
+    for m in last.values():
+        try:
+            await m.ack(multiple=True)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("ack lost (%s); the broker will redeliver and they are deduplicated", exc)
+
+
+class BatchConsumer:
+    """Consume several queues on one channel, hand over micro-batches, ack after success."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queues: Sequence[str],
+        handler: Handler,
+        *,
+        settings: Settings,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.channel = channel
+        self.queues = queues
+        self.handler = handler
+        self.max_messages = settings.batch_events
+        self.max_bytes = max_bytes
+        self.linger = settings.batch_linger_ms / 1000
+        self.prefetch = settings.prefetch
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.on_internal_error: Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
+        self.on_internal_error = self._drop_poison
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then finish the batch in hand and return."""
+        await self.channel.set_qos(prefetch_count=self.prefetch)
+        consumers = []
+        for name in self.queues:
+            queue = await self.channel.declare_queue(name, durable=True)
+            consumers.append((queue, await queue.consume(self.inbox.put)))
+        log.info("ready: consuming %s", ", ".join(self.queues))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                batch = await self._gather(stopping)
+                if batch is None:
+                    break
+                await self._process(batch, stop)
+        finally:
+            stopping.cancel()
+            for queue, tag in consumers:
+                try:
+                    await queue.cancel(tag)
+                except TRANSIENT_ERRORS as exc:
+                    log.debug("cancel of %s failed: %s", queue.name, exc)
+
+    async def _gather(self, stopping: asyncio.Task[Any]) -> list[AbstractIncomingMessage] | None:
+        getter = asyncio.ensure_future(self.inbox.get())
+        await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()
+            return None
+        batch = [getter.result()]
+        size = len(batch[0].body)
+        deadline = time.monotonic() + self.linger
+        while len(batch) < self.max_messages and size < self.max_bytes:
+            try:
+                msg = self.inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0 or stopping.done():
+                    break
+                try:
+                    msg = await asyncio.wait_for(self.inbox.get(), left)
+                except TimeoutError:
+                    break
+            batch.append(msg)
+            size += len(msg.body)
+        return batch
+
+    async def _process(self, batch: list[AbstractIncomingMessage], stop: asyncio.Event) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._handle(batch)
+                break
+            except TRANSIENT_ERRORS as exc:
+                if stop.is_set():
+                    log.warning("stopping with a batch unfinished (%s); it will be redelivered", exc)
+                    return
+                log.warning("transient error, retrying the batch in %.1fs: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await ack_batch(batch)
+
+    async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        try:
+            await self.handler(batch)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            # A bug triggered by one message must not stall the ones around it: retry
+            # them one by one and set aside only the message that fails alone.
+            log.exception("batch of %d failed; retrying its messages one by one", len(batch))
+            for msg in batch:
+                try:
+                    await self.handler([msg])
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the poison message is set aside
+                    await self.on_internal_error(msg, exc)
+
+    async def _drop_poison(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
+        reason = f"internal error while processing: {exc.__class__.__name__}: {exc}"
+        await dead_letter(self.channel, msg.routing_key or "?", [Rejected("internal", reason,
+                                                                           msg.body)])

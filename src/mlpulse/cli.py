@@ -1,0 +1,247 @@
+"""The `mlpulse` command: one subcommand per role, plus tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlpulse.config import Settings, load_settings
+from mlpulse.errors import ConfigError, MlpulseError
+
+log = logging.getLogger("mlpulse")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlpulse")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """mlpulse: watch how wrong a deployed model is, live."""
+    ctx.obj = load_settings()
+
+
+def _role(name: str, ctx: click.Context) -> None:
+    from mlpulse.runtime import run_role
+
+    settings = _settings(ctx)
+    if name == "model":
+        from mlpulse.pipeline.model import serve
+    elif name == "metric":
+        from mlpulse.pipeline.metric import serve
+    else:
+        from mlpulse.pipeline.plotter import serve
+    run_role(name, serve, settings)
+
+
+@cli.command()
+@click.pass_context
+def model(ctx: click.Context) -> None:
+    """Predict features in micro-batches and publish y_pred."""
+    _role("model", ctx)
+
+
+@cli.command()
+@click.pass_context
+def metric(ctx: click.Context) -> None:
+    """Join y_true with y_pred, log errors to the CSV, keep live aggregates."""
+    _role("metric", ctx)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Draw one picture and exit.")
+@click.option("--from-csv", "from_csv", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Draw from a metric log CSV instead of Redis.")
+@click.pass_context
+def plot(ctx: click.Context, once: bool, from_csv: Path | None) -> None:
+    """Redraw logs/error_distribution.png every 10 s when there is new data."""
+    settings = _settings(ctx)
+    if from_csv is not None or once:
+        from mlpulse.pipeline import plotter
+        from mlpulse.runtime import configure_logging
+
+        configure_logging(settings, "plot")
+        if from_csv is not None:
+            width, counts, stats = plotter.histogram_from_csv(from_csv)
+            plotter.render_histogram(settings.plot_path, width, counts, stats)
+        else:
+            asyncio.run(_plot_once(settings))
+        click.echo(str(settings.plot_path))
+        return
+    _role("plot", ctx)
+
+
+async def _plot_once(settings: Settings) -> None:
+    from mlpulse.pipeline.plotter import draw_if_new
+    from mlpulse.store import PLOT_DRAWN, connect_redis
+
+    redis = await connect_redis(settings)
+    try:
+        await redis.delete(PLOT_DRAWN)
+        if not await draw_if_new(settings, redis):
+            raise MlpulseError("nothing to draw yet: no prediction has been joined")
+    finally:
+        await redis.aclose()
+
+
+@cli.command()
+@click.option("--count", type=click.IntRange(min=1), help="Send N events, then exit.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds between events (the seed's pace is 10).")
+@click.option("--rate", type=click.FloatRange(min=0),
+              help="Events per second; 0 sends as fast as the broker confirms.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Events per message; 1 sends seed-style single events.")
+@click.option("--no-labels", is_flag=True, help="Send features only (labels come later).")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of feature rows instead of the diabetes set.")
+@click.option("--target-column", default="target", show_default=True,
+              help="The label column of --source.")
+@click.option("--seed", type=int, default=0, help="Shuffle seed for the row order.")
+@click.pass_context
+def produce(ctx: click.Context, count: int | None, interval: float | None, rate: float | None,
+            batch: int, no_labels: bool, source: Path | None, target_column: str,
+            seed: int) -> None:
+    """Stream feature vectors to `features` and labels to `y_true` under shared ids."""
+    from mlpulse.pipeline.producer import Plan, produce as run_producer
+    from mlpulse.runtime import run_role
+
+    if interval is not None and rate is not None:
+        raise click.UsageError("give --interval or --rate, not both")
+    pace = (1.0 / interval) if interval is not None else (1.0 if rate is None else rate)
+    plan = Plan(count=count, batch=batch, rate=pace or None, labels=not no_labels,
+                source=source, target=target_column, seed=seed)
+
+    async def body(settings: Settings, stop: asyncio.Event) -> None:
+        await run_producer(settings, plan, stop)
+
+    run_role("producer", body, _settings(ctx))
+
+
+@cli.group()
+def dead() -> None:
+    """Inspect and replay messages that could not be processed."""
+
+
+@dead.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def dead_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Show dead letters (reason, source queue, preview); the queue is left as it was."""
+    from mlpulse.deadletters import list_dead
+
+    letters = asyncio.run(list_dead(_settings(ctx.find_root()), limit))
+    for d in letters:
+        if as_json:
+            click.echo(json.dumps(d.as_dict()))
+        else:
+            click.echo(f"{d.id}  {d.queue:<8} {d.code:<12} {d.reason}\n    {d.preview}")
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s) shown", err=True)
+
+
+@dead.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--to", type=click.Choice(["features", "y_true", "y_pred"]),
+              help="Send to this queue instead of the one it came from.")
+@click.pass_context
+def dead_replay(ctx: click.Context, ids: tuple[str, ...], replay_all: bool, to: str | None) -> None:
+    """Send chosen dead letters (by id) back to their queue, after a fix."""
+    from mlpulse.deadletters import replay
+
+    if not ids and not replay_all:
+        raise click.UsageError("name dead-letter ids (see `mlpulse dead list`) or give --all")
+    done = asyncio.run(replay(_settings(ctx.find_root()), None if replay_all else ids, to))
+    for d in done:
+        click.echo(f"replayed {d.id} to {to or d.queue}")
+    click.echo(f"{len(done)} replayed", err=True)
+
+
+@dead.command("purge")
+@click.confirmation_option(prompt="Drop every dead letter?")
+@click.pass_context
+def dead_purge(ctx: click.Context) -> None:
+    """Drop every dead letter."""
+    from mlpulse.deadletters import purge
+
+    click.echo(f"{asyncio.run(purge(_settings(ctx.find_root())))} dropped")
+
+
+PIPELINE_ROLES = ("model", "metric", "plot")
+
+
+def _parse_scale(text: str) -> dict[str, int]:
+    scale: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        role, _, n = part.partition("=")
+        if role not in PIPELINE_ROLES or not n.isdigit() or int(n) < 1:
+            raise click.BadParameter(f"{part!r}: expected ROLE=N with ROLE in "
+                                     f"{', '.join(PIPELINE_ROLES)}", param_hint="--scale")
+        scale[role] = int(n)
+    return scale
+
+
+@cli.command()
+@click.option("--scale", default="", help="Several of a role, e.g. model=2,metric=2.")
+@click.option("--no-producer", is_flag=True, help="Do not start the demo producer.")
+@click.option("--rate", type=float, default=1.0, show_default=True,
+              help="The demo producer's events per second.")
+@click.pass_context
+def up(ctx: click.Context, scale: str, no_producer: bool, rate: float) -> None:
+    """Run every role as a supervised child process; Ctrl-C stops them all cleanly."""
+    from mlpulse.runtime import configure_logging
+    from mlpulse.supervisor import Supervisor, plan_children
+
+    settings = _settings(ctx)
+    configure_logging(settings, "up")
+    asyncio.run(_check_services(settings))
+    roles: list[tuple[str, list[str]]] = [(r, []) for r in PIPELINE_ROLES]
+    if not no_producer:
+        roles.append(("produce", ["--rate", str(rate)]))
+    children = plan_children(roles, _parse_scale(scale), finite={"produce"})
+    sys.exit(asyncio.run(Supervisor(children).run()))
+
+
+async def _check_services(settings: Settings) -> None:
+    from mlpulse.broker import connect
+    from mlpulse.store import connect_redis
+
+    connection = await connect(settings, "up")
+    await connection.close()
+    redis = await connect_redis(settings)
+    await redis.aclose()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run the benchmarks in bench/ (from a source checkout)."""
+    script = Path("bench/pipeline.py")
+    if not script.exists():
+        raise MlpulseError("bench/ is not here: run `mlpulse bench` from a source checkout")
+    sys.exit(subprocess.call([sys.executable, str(script), *args]))
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: errors meant for people are one line, not a traceback."""
+    try:
+        return cli.main(args=argv, prog_name="mlpulse", standalone_mode=True)
+    except ConfigError as exc:
+        click.echo(f"mlpulse: bad setting: {exc}", err=True)
+        sys.exit(2)
+    except MlpulseError as exc:
+        click.echo(f"mlpulse: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,83 @@
+"""Settings: one class, read from `MLPULSE_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AmqpDsn, Field, RedisDsn, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlpulse.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything a role can be told from outside."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLPULSE_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@localhost:5672/")
+    redis_url: RedisDsn = RedisDsn("redis://localhost:6379/0")
+    log_dir: Path = Path("./logs")
+    data_dir: Path = Path("./data")
+    models_dir: Path = Path("./models")
+    http_port: int = Field(8080, ge=1, le=65535)
+    secret: SecretStr | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    metrics_public: bool = False
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Join state: a half waits this long for its partner, then counts as unmatched.
+    join_ttl: float = Field(3600.0, gt=0)
+    # A joined id is remembered this long, so a late duplicate is caught, not written.
+    done_ttl: float = Field(3600.0, gt=0)
+    max_message_bytes: int = Field(MiB, gt=0)
+    max_upload_bytes: int = Field(256 * MiB, gt=0)
+    labels_url: str | None = None
+
+    # Micro-batching: how many events a role gathers before one vectorised step,
+    # and how long it waits for more once the first has arrived.
+    prefetch: int = Field(2000, ge=1, le=65535)
+    batch_events: int = Field(5000, ge=1)
+    batch_linger_ms: float = Field(5.0, ge=0)
+
+    # Live histogram of absolute errors: fixed-width bins plus one overflow bin.
+    hist_bin_width: float = Field(5.0, gt=0)
+    hist_bins: int = Field(80, ge=1, le=10_000)
+    plot_interval: float = Field(10.0, gt=0)
+    publish_interval: float = Field(0.5, gt=0)
+
+    @property
+    def metric_log(self) -> Path:
+        """The append-only CSV of joined predictions."""
+        return self.log_dir / "metric_log.csv"
+
+    @property
+    def plot_path(self) -> Path:
+        """The error-distribution PNG the plot role keeps fresh."""
+        return self.log_dir / "error_distribution.png"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad variable and what is wrong with it."""
+    err = exc.errors()[0]
+    name = "MLPULSE_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+    value = err.get("input")
+    shown = "" if value is None or "secret" in name.lower() else f" (got {value!r})"
+    return f"{name}: {err['msg']}{shown}"
+
+
+def load_settings() -> Settings:
+    """Build the settings once, turning a bad value into a one-line `ConfigError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

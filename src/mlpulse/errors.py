@@ -1,0 +1,17 @@
+"""The exception hierarchy: one root, one sentence each."""
+
+
+class MlpulseError(Exception):
+    """Root of every error mlpulse raises on purpose."""
+
+
+class ConfigError(MlpulseError):
+    """A setting has a value mlpulse cannot use."""
+
+
+class ServiceUnavailable(MlpulseError):
+    """RabbitMQ or Redis cannot be reached."""
+
+
+class BadMessage(MlpulseError):
+    """A message cannot be processed; the text says why, for the dead-letter header."""

@@ -1,0 +1,98 @@
+-- Join a batch of halves atomically. Each half is {side, id, value, version, meta}:
+-- side "t" (y_true) or "p" (y_pred); value as exact decimal text; meta as JSON text.
+-- A half either waits in pending:<side> (with a deadline for the sweeper), completes a
+-- pair, or is recognised as a duplicate or a conflict of one already seen. Completed
+-- pairs are appended to the stream `joined` (the CSV sink's outbox) and counted in the
+-- aggregates in the same step, so the log and the counters can never disagree.
+local P = ARGV[1]
+local now = tonumber(ARGV[2])
+local join_ttl = tonumber(ARGV[3])
+local done_ttl = math.max(1, math.floor(tonumber(ARGV[4])))
+local width = tonumber(ARGV[5])
+local nbins = tonumber(ARGV[6])
+local halves = cjson.decode(ARGV[7])
+
+local function split(s)
+  local a = string.find(s, "\n", 1, true)
+  local b = string.find(s, "\n", a + 1, true)
+  return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
+end
+
+local function fmt(x) return string.format("%.17g", x) end
+
+local rows = {}
+local n, sum_abs, sum_sq, dup, conflict, max_err = 0, 0, 0, 0, 0, 0
+local bins, versions = {}, {}
+
+for i = 1, #halves do
+  local h = halves[i]
+  local side, id, value, version, meta = h[1], h[2], h[3], h[4], h[5]
+  local other = (side == "t") and "p" or "t"
+  local done = redis.call("GET", P .. "done:" .. id)
+  if done then
+    local nl = string.find(done, "\n", 1, true)
+    local seen = (side == "t") and string.sub(done, 1, nl - 1) or string.sub(done, nl + 1)
+    if seen == value then dup = dup + 1 else conflict = conflict + 1 end
+  else
+    local partner = redis.call("HGET", P .. "pending:" .. other, id)
+    if partner then
+      local pv, pver, pmeta = split(partner)
+      redis.call("HDEL", P .. "pending:" .. other, id)
+      redis.call("ZREM", P .. "deadline:" .. other, id)
+      local t, p, tmeta, pmeta2, ver
+      if side == "t" then
+        t, p, tmeta, pmeta2, ver = value, pv, meta, pmeta, pver
+      else
+        t, p, tmeta, pmeta2, ver = pv, value, pmeta, meta, version
+      end
+      redis.call("SET", P .. "done:" .. id, t .. "\n" .. p, "EX", done_ttl)
+      local err = math.abs(tonumber(t) - tonumber(p))
+      n = n + 1
+      sum_abs = sum_abs + err
+      sum_sq = sum_sq + err * err
+      if err > max_err then max_err = err end
+      local b = math.floor(err / width)
+      if b >= nbins then b = nbins end
+      bins[b] = (bins[b] or 0) + 1
+      local v = versions[ver]
+      if not v then v = {0, 0, 0}; versions[ver] = v end
+      v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
+      rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
+    else
+      local mine = redis.call("HGET", P .. "pending:" .. side, id)
+      if mine then
+        local mv = split(mine)
+        if mv == value then dup = dup + 1 else conflict = conflict + 1 end
+      else
+        redis.call("HSET", P .. "pending:" .. side, id, value .. "\n" .. version .. "\n" .. meta)
+        redis.call("ZADD", P .. "deadline:" .. side, now + join_ttl, id)
+      end
+    end
+  end
+end
+
+local agg = P .. "agg"
+if n > 0 then
+  redis.call("XADD", P .. "joined", "*", "at", fmt(now), "rows", cjson.encode(rows))
+  redis.call("HINCRBY", agg, "count", n)
+  redis.call("HINCRBYFLOAT", agg, "sum_abs", fmt(sum_abs))
+  redis.call("HINCRBYFLOAT", agg, "sum_sq", fmt(sum_sq))
+  local old_max = tonumber(redis.call("HGET", agg, "max_abs") or "0")
+  if max_err > old_max then redis.call("HSET", agg, "max_abs", fmt(max_err)) end
+  redis.call("HSET", P .. "hist:meta", "width", fmt(width), "bins", nbins)
+  for b, c in pairs(bins) do redis.call("HINCRBY", P .. "hist", b, c) end
+  for ver, v in pairs(versions) do
+    redis.call("HINCRBY", P .. "by_version", ver .. "|count", v[1])
+    redis.call("HINCRBYFLOAT", P .. "by_version", ver .. "|sum_abs", fmt(v[2]))
+    redis.call("HINCRBYFLOAT", P .. "by_version", ver .. "|sum_sq", fmt(v[3]))
+  end
+  local sec = P .. "sec:" .. math.floor(now)
+  redis.call("HINCRBY", sec, "count", n)
+  redis.call("HINCRBYFLOAT", sec, "sum_abs", fmt(sum_abs))
+  redis.call("HINCRBYFLOAT", sec, "sum_sq", fmt(sum_sq))
+  redis.call("EXPIRE", sec, 3600)
+end
+if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
+if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end
+if n > 0 or dup > 0 or conflict > 0 then redis.call("INCR", P .. "version") end
+return {n, dup, conflict}

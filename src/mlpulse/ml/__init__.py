@@ -1,0 +1,1 @@
+"""Models: training data, versions on disk, loading."""

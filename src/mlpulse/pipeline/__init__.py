@@ -1,0 +1,1 @@
+"""The streaming roles: producer, model, metric (joiner and CSV sink) and plot."""

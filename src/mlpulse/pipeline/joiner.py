@@ -1,0 +1,63 @@
+"""Join y_true with y_pred by canonical id, in Redis, one atomic step per micro-batch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from mlpulse.broker import dead_letter
+from mlpulse.config import Settings
+from mlpulse.store import JoinStore, Redis, count_rejected
+from mlpulse.wire import Y_TRUE, Event, Rejected, decode_frame, encode
+
+log = logging.getLogger(__name__)
+
+
+def _send_time(event: Event) -> str:
+    ts = event.extra.get("ts")
+    if type(ts) in (int, float) and math.isfinite(ts):
+        return repr(float(ts))
+    return ""
+
+
+def _version(event: Event) -> str:
+    version = event.extra.get("model_version")
+    return "" if version is None else str(version)
+
+
+class Joiner:
+    """Handles batches from y_true and y_pred; acking is left to the consumer."""
+
+    def __init__(self, channel: AbstractChannel, redis: Redis, settings: Settings) -> None:
+        self.channel = channel
+        self.redis = redis
+        self.store = JoinStore(redis, settings)
+        self.max_bytes = settings.max_message_bytes
+        self.changed = True
+
+    async def handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Store or complete every half in the batch, then dead-letter what was bad."""
+        halves: list[list[Any]] = []
+        rejected: dict[str, list[Rejected]] = {}
+        for msg in batch:
+            queue = msg.routing_key or ""
+            side = "t" if queue == Y_TRUE else "p"
+            events, bad = decode_frame(msg.body, numeric=True, max_bytes=self.max_bytes)
+            for e in events:
+                halves.append([side, e.id, repr(e.body), _version(e), _send_time(e)])
+            if bad:
+                rejected.setdefault(queue, []).extend(bad)
+        if halves:
+            outcome = await self.store.join(encode(halves), time.time())
+            if outcome.duplicates or outcome.conflicts:
+                log.info("batch of %d halves: %d joined, %d duplicates, %d conflicts",
+                         len(halves), outcome.joined, outcome.duplicates, outcome.conflicts)
+        for queue, bad in rejected.items():
+            await dead_letter(self.channel, queue, bad)
+            await count_rejected(self.redis, Counter(r.code for r in bad))
+        self.changed = True

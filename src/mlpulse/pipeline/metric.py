@@ -1,0 +1,100 @@
+"""The metric role: joiner, CSV sink, TTL sweeper and live updates, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from mlpulse.broker import TRANSIENT_ERRORS, BatchConsumer, connect, declare_topology
+from mlpulse.config import Settings
+from mlpulse.pipeline.joiner import Joiner
+from mlpulse.pipeline.sink import CsvSink
+from mlpulse.store import VERSION, JoinStore, Redis, connect_redis, read_histogram, read_summary
+from mlpulse.wire import EVENTS_EXCHANGE, Y_PRED, Y_TRUE, encode
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 1.0
+
+
+async def _every(seconds: float, stop: asyncio.Event, step: Callable[[], Awaitable[None]],
+                 what: str) -> None:
+    """Run `step` every `seconds` until `stop`; a transient failure is logged, not fatal."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        try:
+            await step()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s failed, will retry: %r", what, exc)
+
+
+class LiveUpdates:
+    """Publishes a compact summary to `mlpulse.events` when the aggregates have changed."""
+
+    def __init__(self, channel: AbstractChannel, redis: Redis) -> None:
+        self.channel = channel
+        self.redis = redis
+        self.seen: bytes | None = None
+
+    async def publish_if_changed(self) -> None:
+        """One read of the version key; a summary only when it moved."""
+        version = await self.redis.get(VERSION)
+        if version is None or version == self.seen:
+            return
+        summary = await read_summary(self.redis)
+        width, counts = await read_histogram(self.redis)
+        summary["histogram"] = {"bin_width": width, "counts": counts}
+        summary["version"] = int(version)
+        envelope = {"type": "metrics", "ts": time.time(), "data": summary}
+        exchange = await self.channel.get_exchange(EVENTS_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(encode(envelope), content_type="application/json"),
+            routing_key="broadcast", mandatory=False,
+        )
+        self.seen = version
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the metric role until `stop` is set, then drain the outbox into the log."""
+    connection = await connect(settings, "metric")
+    redis = await connect_redis(settings)
+    finish = asyncio.Event()
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await declare_topology(channel)
+        joiner = Joiner(channel, redis, settings)
+        sink = CsvSink(settings.metric_log, redis)
+        store = JoinStore(redis, settings)
+        live = LiveUpdates(await connection.channel(publisher_confirms=False), redis)
+
+        async def sweep() -> None:
+            expired = await store.sweep(time.time())
+            if expired:
+                log.info("%d pending halves expired unmatched", expired)
+
+        background = [
+            asyncio.create_task(sink.run(stop, finish), name="sink"),
+            asyncio.create_task(_every(SWEEP_SECONDS, stop, sweep, "sweep"), name="sweep"),
+            asyncio.create_task(_every(settings.publish_interval, stop, live.publish_if_changed,
+                                       "live update"), name="live"),
+        ]
+        consumer = BatchConsumer(channel, [Y_TRUE, Y_PRED], joiner.handle, settings=settings)
+        consuming = asyncio.create_task(consumer.run(stop), name="consume")
+        done, _ = await asyncio.wait([consuming, *background],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if consuming not in done:
+            # A background task ended before the stop: surface its error, stop the rest.
+            stop.set()
+        finish.set()
+        await asyncio.gather(consuming, *background)
+    finally:
+        finish.set()
+        await redis.aclose()
+        await connection.close()

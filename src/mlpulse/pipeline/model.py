@@ -1,0 +1,95 @@
+"""The model role: features in, one vectorised predict per micro-batch, y_pred out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from mlpulse.broker import BatchConsumer, connect, dead_letter, declare_topology, publish_many
+from mlpulse.config import Settings
+from mlpulse.ml.registry import LoadedModel, ensure_model, load, versions
+from mlpulse.store import Redis, connect_redis, count_rejected
+from mlpulse.wire import FEATURES, Y_PRED, Event, Rejected, decode_frame, encode
+
+log = logging.getLogger(__name__)
+
+# Events per outgoing y_pred frame: about 60 KB, well under the message size limit.
+FRAME_EVENTS = 500
+RELOAD_SECONDS = 2.0
+
+
+class Predictor:
+    """Turns batches of feature messages into confirmed y_pred frames."""
+
+    def __init__(self, channel: AbstractChannel, redis: Redis, model: LoadedModel,
+                 settings: Settings) -> None:
+        self.channel = channel
+        self.redis = redis
+        self.model = model
+        self.settings = settings
+
+    async def handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Decode, predict, publish and wait for the broker's confirms; the caller acks."""
+        model = self.model  # one version for the whole batch, even if a swap happens meanwhile
+        events: list[Event] = []
+        rejected: list[Rejected] = []
+        for msg in batch:
+            ok, bad = decode_frame(msg.body, numeric=False, n_features=model.n_features,
+                                   max_bytes=self.settings.max_message_bytes)
+            events.extend(ok)
+            rejected.extend(bad)
+        if events:
+            X = np.array([e.body for e in events], dtype=np.float64)
+            y = model.predict(X).tolist()
+            out = [_prediction(e, p, model.version) for e, p in zip(events, y, strict=True)]
+            frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
+            await publish_many(self.channel, Y_PRED, frames)
+        if rejected:
+            await dead_letter(self.channel, FEATURES, rejected)
+            await count_rejected(self.redis, Counter(r.code for r in rejected))
+
+    async def follow_registry(self, stop: asyncio.Event) -> None:
+        """Swap in a newer model version as soon as one is registered, without a restart."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RELOAD_SECONDS)
+            found = await asyncio.to_thread(versions, self.settings.models_dir)
+            if found and f"v{found[-1]}" != self.model.version:
+                new = await asyncio.to_thread(load, self.settings.models_dir, found[-1])
+                log.info("model %s replaces %s", new.version, self.model.version)
+                self.model = new
+
+
+def _prediction(event: Event, value: float, version: str) -> dict[str, Any]:
+    doc = dict(event.extra)
+    doc.update(id=event.raw_id, body=value, model_version=version)
+    return doc
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the model role until `stop` is set."""
+    connection = await connect(settings, "model")
+    redis = await connect_redis(settings)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        # Declare first: features published while the model trains wait in a durable queue.
+        await declare_topology(channel)
+        model = await asyncio.to_thread(ensure_model, settings.models_dir)
+        log.info("model %s loaded (%d features)", model.version, model.n_features)
+        predictor = Predictor(channel, redis, model, settings)
+        watcher = asyncio.create_task(predictor.follow_registry(stop))
+        try:
+            await BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings).run(stop)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    finally:
+        await redis.aclose()
+        await connection.close()

@@ -1,0 +1,132 @@
+"""The plot role: redraws `error_distribution.png` from the live histogram in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+
+from mlpulse.broker import TRANSIENT_ERRORS  # noqa: E402
+from mlpulse.config import Settings  # noqa: E402
+from mlpulse.store import (  # noqa: E402
+    AGG,
+    PLOT_DRAWN,
+    Redis,
+    connect_redis,
+    read_histogram,
+    read_summary,
+)
+
+log = logging.getLogger(__name__)
+
+
+def quantile_from_bins(width: float, counts: list[int], q: float) -> float | None:
+    """Approximate quantile of the binned errors (linear inside a bin)."""
+    total = sum(counts)
+    if not total:
+        return None
+    target = q * total
+    seen = 0
+    for i, c in enumerate(counts):
+        if c and seen + c >= target:
+            return (i + (target - seen) / c) * width
+        seen += c
+    return len(counts) * width
+
+
+def render_histogram(path: Path, width: float, counts: list[int], stats: dict[str, Any]) -> None:
+    """Draw the histogram and replace `path` atomically, so no reader sees half a file."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        edges = np.arange(len(counts)) * width
+        overflow = counts[-1] if counts else 0
+        last = max((i for i, c in enumerate(counts[:-1]) if c), default=0)
+        shown = slice(0, last + 1)
+        ax.bar(edges[shown], counts[shown], width=width, align="edge", color="#3b82f6",
+               edgecolor="white", linewidth=0.5)
+        ax.set_xlabel("absolute error |y_true - y_pred|")
+        ax.set_ylabel("predictions")
+        parts = [f"n = {stats.get('count', sum(counts)):,}"]
+        for key, label in (("mae", "MAE"), ("rmse", "RMSE"), ("p50", "p50"), ("p95", "p95")):
+            if stats.get(key) is not None:
+                parts.append(f"{label} = {stats[key]:.2f}")
+        if overflow:
+            parts.append(f"{overflow:,} beyond {len(counts[:-1]) * width:g}")
+        ax.set_title("Distribution of absolute errors\n" + "   ".join(parts), fontsize=11)
+        if stats.get("mae") is not None:
+            ax.axvline(stats["mae"], color="#ef4444", linestyle="--", linewidth=1.2, label="MAE")
+            ax.legend(loc="upper right")
+        ax.grid(axis="y", alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.text(0.99, 0.01, time.strftime("updated %Y-%m-%d %H:%M:%S"), ha="right",
+                 fontsize=8, color="gray")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+def histogram_from_csv(csv_path: Path, bins: int = 40) -> tuple[float, list[int], dict[str, Any]]:
+    """Bins and stats of the `absolute_error` column of a metric log."""
+    with csv_path.open(newline="") as f:
+        errors = np.array([float(r["absolute_error"]) for r in csv.DictReader(f)])
+    if errors.size == 0:
+        return 1.0, [0], {"count": 0}
+    top = float(errors.max()) or 1.0
+    width = top / bins
+    counts, _ = np.histogram(errors, bins=bins, range=(0, top + 1e-12))
+    stats = {
+        "count": int(errors.size),
+        "mae": float(errors.mean()),
+        "rmse": float(math.sqrt(float((errors**2).mean()))),
+        "p50": float(np.quantile(errors, 0.5)),
+        "p95": float(np.quantile(errors, 0.95)),
+    }
+    return width, [*counts.tolist(), 0], stats
+
+
+async def draw_if_new(settings: Settings, redis: Redis) -> bool:
+    """Redraw when the joined count moved since the last drawing (or the file is gone)."""
+    count = int(await redis.hget(AGG, "count") or 0)
+    drawn = int(await redis.get(PLOT_DRAWN) or -1)
+    if count == 0 or (count == drawn and settings.plot_path.exists()):
+        return False
+    width, counts = await read_histogram(redis)
+    stats = await read_summary(redis)
+    stats["p50"] = quantile_from_bins(width, counts, 0.5)
+    stats["p95"] = quantile_from_bins(width, counts, 0.95)
+    await asyncio.to_thread(render_histogram, settings.plot_path, width, counts, stats)
+    await redis.set(PLOT_DRAWN, count)
+    log.info("drew %s (%d errors)", settings.plot_path, count)
+    return True
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Check every `plot_interval` seconds; draw only when there is something new."""
+    redis = await connect_redis(settings)
+    log.info("ready: drawing %s every %gs", settings.plot_path, settings.plot_interval)
+    try:
+        while not stop.is_set():
+            try:
+                await draw_if_new(settings, redis)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("redis unavailable, will retry: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.plot_interval)
+    finally:
+        await redis.aclose()

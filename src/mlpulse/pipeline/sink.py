@@ -1,0 +1,168 @@
+"""The CSV sink: copies joined rows from the Redis outbox to `metric_log.csv`, exactly once.
+
+Every row ends with its position in the outbox (`<entry id>:<index>`). After a crash the
+sink cuts a torn last line, reads the last position back from the file, and resumes right
+after it; outbox entries are trimmed only once their rows are on disk. A file lock makes
+one sink the writer when several metric processes share the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import fcntl
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from mlpulse.store import JOINED, SINK_POS, Redis
+
+log = logging.getLogger(__name__)
+
+HEADER = ("id", "y_true", "y_pred", "absolute_error", "model_version",
+          "sent_at", "joined_at", "logged_at", "pos")
+_TAIL_BYTES = 1 << 20
+
+
+def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
+    """Open the log for appending after cutting a torn last line; return the last position."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+b")
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        f.write((",".join(HEADER) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+        return f, None
+    start = max(0, size - _TAIL_BYTES)
+    f.seek(start)
+    tail = f.read()
+    end = tail.rfind(b"\n")
+    if end + 1 != len(tail):
+        keep = start + end + 1 if end >= 0 else 0
+        log.warning("cutting a torn last line from %s (%d bytes)", path, size - keep)
+        f.truncate(keep)
+        os.fsync(f.fileno())
+        if keep == 0:
+            f.close()
+            return recover(path)
+    lines = tail[: end].rsplit(b"\n", 1)
+    last = lines[-1].decode()
+    row = next(csv.reader([last]))
+    if row == list(HEADER) or not row or ":" not in row[-1]:
+        return f, None
+    entry, index = row[-1].rsplit(":", 1)
+    return f, (entry, int(index))
+
+
+def _fmt_time(text: str) -> str:
+    return f"{float(text):.6f}" if text else ""
+
+
+def format_rows(entry: str, fields: dict[bytes, bytes], skip_through: int, now: float) -> str:
+    """CSV lines for one outbox entry, leaving out indices up to `skip_through`."""
+    joined_at = _fmt_time(fields[b"at"].decode())
+    logged_at = f"{now:.6f}"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for index, (rid, t, p, version, t_ts, p_ts) in enumerate(orjson.loads(fields[b"rows"])):
+        if index <= skip_through:
+            continue
+        sent = [float(x) for x in (t_ts, p_ts) if x]
+        writer.writerow((
+            rid, t, p, repr(abs(float(t) - float(p))), version,
+            f"{min(sent):.6f}" if sent else "", joined_at, logged_at, f"{entry}:{index}",
+        ))
+    return buf.getvalue()
+
+
+class CsvSink:
+    """The single writer of the metric log."""
+
+    def __init__(self, path: Path, redis: Redis) -> None:
+        self.path = path
+        self.redis = redis
+        self.rows_written = 0
+
+    async def run(self, stop: asyncio.Event, finish: asyncio.Event) -> None:
+        """Copy rows until `finish` is set and the outbox is drained (or `stop` while waiting)."""
+        lock = await self._acquire(finish)
+        if lock is None:
+            return
+        try:
+            f, pos = await asyncio.to_thread(recover, self.path)
+            try:
+                await self._copy(f, pos, finish)
+            finally:
+                f.close()
+        finally:
+            lock.close()
+
+    async def _acquire(self, finish: asyncio.Event) -> IO[str] | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = (self.path.parent / (self.path.name + ".lock")).open("a")
+        announced = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                log.info("writing %s", self.path)
+                return lock
+            except BlockingIOError:
+                if not announced:
+                    log.info("another metric process writes %s; standing by", self.path)
+                    announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finish.wait(), 1.0)
+            if finish.is_set():
+                lock.close()
+                return None
+
+    async def _copy(self, f: IO[bytes], pos: tuple[str, int] | None, finish: asyncio.Event) -> None:
+        if pos is not None:
+            # The entry of the last row written may have rows left after it.
+            entry, index = pos
+            rest = await self.redis.xrange(JOINED, entry, entry)
+            await self._write(f, [(e, flds, index) for e, flds in rest])
+            last_id = entry
+        else:
+            last_id = "0-0"
+        while True:
+            draining = finish.is_set()
+            reply = await self.redis.xread({JOINED: last_id}, count=500,
+                                           block=None if draining else 200)
+            entries = reply[0][1] if reply else []
+            if entries:
+                await self._write(f, [(e, flds, -1) for e, flds in entries])
+                last_id = entries[-1][0].decode()
+            elif draining:
+                return
+
+    async def _write(self, f: IO[bytes], entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
+        if not entries:
+            return
+        now = time.time()
+        parts = []
+        for entry, fields, skip in entries:
+            name = entry.decode() if isinstance(entry, bytes) else entry
+            parts.append(format_rows(name, fields, skip, now))
+        data = "".join(parts).encode()
+        await asyncio.to_thread(_append, f, data)
+        self.rows_written += data.count(b"\n")
+        last = entries[-1][0]
+        last = last.decode() if isinstance(last, bytes) else last
+        # Everything before the last entry is on disk; the last one is kept so the
+        # position in the file always names an entry that still exists.
+        await self.redis.xtrim(JOINED, minid=last)
+        await self.redis.set(SINK_POS, last)
+
+
+def _append(f: IO[bytes], data: bytes) -> None:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())

@@ -1,0 +1,88 @@
+"""Process plumbing every role shares: logging and a graceful stop on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from mlpulse.config import Settings
+
+log = logging.getLogger(__name__)
+
+# A role gets this long to finish its batch in hand and flush after a stop signal.
+STOP_GRACE_SECONDS = 20.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the role."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "role": self.role,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(settings: Settings, role: str) -> None:
+    """Human-readable lines by default, JSON with MLPULSE_LOG_FORMAT=json."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter(role))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("aiormq", "aio_pika", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+RoleBody = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def run_role(role: str, body: RoleBody, settings: Settings) -> None:
+    """Run a role until it returns or a stop signal has let it finish within the grace time."""
+    configure_logging(settings, role)
+    asyncio.run(_main(role, body, settings))
+
+
+async def _main(role: str, body: RoleBody, settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(body(settings, stop))
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            task.cancel()
+            return
+        log.info("%s: %s stops after the batch in hand", signal.Signals(signum).name, role)
+        stop.set()
+        loop.call_later(STOP_GRACE_SECONDS, task.cancel)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        log.warning("%s did not stop within %.0fs; unacked messages return to their queues",
+                    role, STOP_GRACE_SECONDS)
+    log.info("%s stopped", role)

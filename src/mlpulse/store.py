@@ -1,0 +1,131 @@
+"""Redis edge: join state, live aggregates and the joined-rows outbox, all under `mlpulse:`."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from mlpulse.config import Settings
+from mlpulse.errors import ServiceUnavailable
+
+PREFIX = "mlpulse:"
+AGG = PREFIX + "agg"
+HIST = PREFIX + "hist"
+HIST_META = PREFIX + "hist:meta"
+BY_VERSION = PREFIX + "by_version"
+JOINED = PREFIX + "joined"
+VERSION = PREFIX + "version"
+PLOT_DRAWN = PREFIX + "plot:drawn"
+SINK_POS = PREFIX + "sink:pos"
+
+Redis = aioredis.Redis
+
+
+def _script(name: str) -> str:
+    return resources.files("mlpulse").joinpath(name).read_text()
+
+
+async def connect_redis(settings: Settings) -> Redis:
+    """A client with the server's answer checked once, or one clear error."""
+    url = str(settings.redis_url)
+    client: Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        await client.ping()
+    except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        await client.aclose()
+        raise ServiceUnavailable(
+            f"Redis is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}). "
+            "Start it with `redis-server --daemonize yes` or `docker compose up -d redis`."
+        ) from None
+    return client
+
+
+@dataclass(slots=True)
+class JoinOutcome:
+    """What one join step did."""
+
+    joined: int
+    duplicates: int
+    conflicts: int
+
+
+class JoinStore:
+    """The joiner's state in Redis, changed only by atomic scripts."""
+
+    def __init__(self, client: Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._join = client.register_script(_script("join.lua"))
+        self._sweep = client.register_script(_script("sweep.lua"))
+
+    async def join(self, halves_json: bytes, now: float) -> JoinOutcome:
+        """Store or complete each half of a JSON list `[side, id, value, version, meta]`."""
+        s = self.settings
+        joined, dup, conflict = await self._join(
+            args=[PREFIX, repr(now), repr(s.join_ttl), repr(s.done_ttl),
+                  repr(s.hist_bin_width), s.hist_bins, halves_json]
+        )
+        return JoinOutcome(int(joined), int(dup), int(conflict))
+
+    async def sweep(self, now: float, limit: int = 5000) -> int:
+        """Drop pending halves past their deadline, counting them as unmatched."""
+        return int(await self._sweep(args=[PREFIX, repr(now), limit]))
+
+
+async def count_rejected(client: Redis, codes: Counter[str]) -> None:
+    """Count dead-lettered messages, in all and by reason code."""
+    if not codes:
+        return
+    pipe = client.pipeline(transaction=True)
+    pipe.hincrby(AGG, "rejected", sum(codes.values()))
+    for code, n in codes.items():
+        pipe.hincrby(AGG, f"rejected:{code}", n)
+    pipe.incr(VERSION)
+    await pipe.execute()
+
+
+def summarize(agg: dict[bytes, bytes]) -> dict[str, Any]:
+    """Turn the raw aggregate hash into the numbers people read."""
+    raw = {k.decode(): v.decode() for k, v in agg.items()}
+    count = int(raw.get("count", 0))
+    sum_abs = float(raw.get("sum_abs", 0))
+    sum_sq = float(raw.get("sum_sq", 0))
+    out: dict[str, Any] = {
+        "count": count,
+        "mae": sum_abs / count if count else None,
+        "rmse": math.sqrt(sum_sq / count) if count else None,
+        "max_abs_error": float(raw["max_abs"]) if "max_abs" in raw else None,
+        "unmatched_y_true": int(raw.get("unmatched_t", 0)),
+        "unmatched_y_pred": int(raw.get("unmatched_p", 0)),
+        "duplicates": int(raw.get("duplicates", 0)),
+        "conflicts": int(raw.get("conflicts", 0)),
+        "rejected": int(raw.get("rejected", 0)),
+    }
+    out["unmatched"] = out["unmatched_y_true"] + out["unmatched_y_pred"]
+    out["rejected_by_reason"] = {
+        k.split(":", 1)[1]: int(v) for k, v in raw.items() if k.startswith("rejected:")
+    }
+    return out
+
+
+async def read_summary(client: Redis) -> dict[str, Any]:
+    """Counters, MAE and RMSE of everything joined so far."""
+    return summarize(await client.hgetall(AGG))
+
+
+async def read_histogram(client: Redis) -> tuple[float, list[int]]:
+    """Bin width and counts; the last bin holds everything past the others."""
+    meta, hist = await client.hgetall(HIST_META), await client.hgetall(HIST)
+    if not meta:
+        return 0.0, []
+    width, nbins = float(meta[b"width"]), int(meta[b"bins"])
+    counts = [0] * (nbins + 1)
+    for k, v in hist.items():
+        counts[min(int(k), nbins)] += int(v)
+    return width, counts
