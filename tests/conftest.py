@@ -19,8 +19,9 @@ import pika
 import pytest
 import redis
 
-VHOST = "mlpulse-test"
-REDIS_DB = 15
+# Separate values let two test runs share one machine without touching each other.
+VHOST = os.environ.get("MLPULSE_TEST_VHOST", "mlpulse-test")
+REDIS_DB = int(os.environ.get("MLPULSE_TEST_REDIS_DB", "15"))
 QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
 
 
