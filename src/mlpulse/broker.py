@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from pamqp import commands as amqp_spec
 
 from mlpulse.config import Settings
 from mlpulse.errors import ServiceUnavailable
@@ -57,7 +59,7 @@ async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
         return await aio_pika.connect_robust(
             url, client_properties={"connection_name": f"mlpulse-{role}"}, timeout=10
         )
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(
             f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
             "Start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`."
@@ -96,10 +98,17 @@ def persistent(body: bytes, **kwargs: Any) -> aio_pika.Message:
     )
 
 
+# Properties of every data message, built once: the hot paths skip per-message wrappers.
+PERSISTENT_JSON = amqp_spec.Basic.Properties(
+    delivery_mode=int(DeliveryMode.PERSISTENT), content_type="application/json"
+)
+
+
 async def publish_many(channel: AbstractChannel, routing_key: str, bodies: Iterable[bytes]) -> int:
-    """Publish to a queue and wait until the broker has confirmed every message."""
-    exchange = channel.default_exchange
-    pending = [exchange.publish(persistent(b), routing_key=routing_key) for b in bodies]
+    """Publish to a queue on the default exchange and wait for the broker's confirms."""
+    raw = await channel.get_underlay_channel()
+    pending = [raw.basic_publish(b, routing_key=routing_key, properties=PERSISTENT_JSON)
+               for b in bodies]
     if pending:
         await asyncio.gather(*pending)
     return len(pending)
@@ -164,12 +173,19 @@ class BatchConsumer:
         self.max_bytes = max_bytes
         self.linger = settings.batch_linger_ms / 1000
         self.prefetch = settings.prefetch
+        self.depth = settings.pipeline_depth
+        self.unacked_gap = False
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.on_internal_error: Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
         self.on_internal_error = self._drop_poison
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then finish the batch in hand and return."""
+        """Consume until `stop` is set, then finish the batches in hand and return.
+
+        Up to `depth` batches are processed at once, so one batch's round trips (a
+        publish confirm, a Redis call) overlap the next one's work; acks still go out in
+        delivery order, because a `multiple` ack covers every earlier delivery.
+        """
         await self.channel.set_qos(prefetch_count=self.prefetch)
         consumers = []
         for name in self.queues:
@@ -177,19 +193,34 @@ class BatchConsumer:
             consumers.append((queue, await queue.consume(self.inbox.put)))
         log.info("ready: consuming %s", ", ".join(self.queues))
         stopping = asyncio.create_task(stop.wait())
+        inflight: deque[tuple[asyncio.Task[bool], list[AbstractIncomingMessage]]] = deque()
         try:
             while True:
                 batch = await self._gather(stopping)
                 if batch is None:
                     break
-                await self._process(batch, stop)
+                inflight.append((asyncio.create_task(self._process(batch, stop)), batch))
+                await self._settle(inflight, limit=self.depth - 1)
         finally:
             stopping.cancel()
+            await self._settle(inflight, limit=0)
             for queue, tag in consumers:
                 try:
                     await queue.cancel(tag)
                 except TRANSIENT_ERRORS as exc:
                     log.debug("cancel of %s failed: %s", queue.name, exc)
+
+    async def _settle(self, inflight: deque[tuple[asyncio.Task[bool],
+                                                   list[AbstractIncomingMessage]]],
+                      limit: int) -> None:
+        """Ack finished batches in order, waiting for the oldest while over `limit`."""
+        while inflight and (inflight[0][0].done() or len(inflight) > limit):
+            task, batch = inflight.popleft()
+            if await task and not self.unacked_gap:
+                await ack_batch(batch)
+            else:
+                # Left for redelivery: a later `multiple` ack would cover it, so none follow.
+                self.unacked_gap = True
 
     async def _gather(self, stopping: asyncio.Task[Any]) -> list[AbstractIncomingMessage] | None:
         getter = asyncio.ensure_future(self.inbox.get())
@@ -215,7 +246,8 @@ class BatchConsumer:
             size += len(msg.body)
         return batch
 
-    async def _process(self, batch: list[AbstractIncomingMessage], stop: asyncio.Event) -> None:
+    async def _process(self, batch: list[AbstractIncomingMessage], stop: asyncio.Event) -> bool:
+        """Handle a batch, retrying transient failures; False if left for redelivery."""
         delay = 0.2
         while True:
             try:
@@ -223,12 +255,12 @@ class BatchConsumer:
                 break
             except TRANSIENT_ERRORS as exc:
                 if stop.is_set():
-                    log.warning("stopping with a batch unfinished (%s); it will be redelivered", exc)
-                    return
+                    log.warning("stopping with a batch unfinished (%s); it comes back", exc)
+                    return False
                 log.warning("transient error, retrying the batch in %.1fs: %r", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        await ack_batch(batch)
+        return True
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
         try:
@@ -244,7 +276,7 @@ class BatchConsumer:
                     await self.handler([msg])
                 except TRANSIENT_ERRORS:
                     raise
-                except Exception as exc:  # noqa: BLE001 - the poison message is set aside
+                except Exception as exc:
                     await self.on_internal_error(msg, exc)
 
     async def _drop_poison(self, msg: AbstractIncomingMessage, exc: Exception) -> None:

@@ -114,7 +114,8 @@ def produce(ctx: click.Context, count: int | None, interval: float | None, rate:
             batch: int, no_labels: bool, source: Path | None, target_column: str,
             seed: int) -> None:
     """Stream feature vectors to `features` and labels to `y_true` under shared ids."""
-    from mlpulse.pipeline.producer import Plan, produce as run_producer
+    from mlpulse.pipeline.producer import Plan
+    from mlpulse.pipeline.producer import produce as run_producer
     from mlpulse.runtime import run_role
 
     if interval is not None and rate is not None:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     prefetch: int = Field(2000, ge=1, le=65535)
     batch_events: int = Field(5000, ge=1)
     batch_linger_ms: float = Field(5.0, ge=0)
+    # Batches a role works on at once (their acks still go out in order).
+    pipeline_depth: int = Field(3, ge=1, le=64)
 
     # Live histogram of absolute errors: fixed-width bins plus one overflow bin.
     hist_bin_width: float = Field(5.0, gt=0)

@@ -91,7 +91,8 @@ class Supervisor:
             delay = min(delay * 2, 30.0)
 
     async def _relay(self, child: Child) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
+        assert child.proc is not None
+        assert child.proc.stdout is not None
         prefix = _prefix(child, self.width)
         out = sys.stdout.buffer
         while True:

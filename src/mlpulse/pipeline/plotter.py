@@ -15,12 +15,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mlpulse.broker import TRANSIENT_ERRORS  # noqa: E402
-from mlpulse.config import Settings  # noqa: E402
-from mlpulse.store import (  # noqa: E402
+from mlpulse.broker import TRANSIENT_ERRORS
+from mlpulse.config import Settings
+from mlpulse.store import (
     AGG,
     PLOT_DRAWN,
     Redis,

@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aio_pika.abc import AbstractChannel
 
-from mlpulse.broker import connect, declare_topology, persistent
+from mlpulse.broker import PERSISTENT_JSON, connect, declare_topology
 from mlpulse.config import Settings
 from mlpulse.ml.data import Dataset, diabetes, read_csv
 from mlpulse.wire import FEATURES, Y_TRUE, encode
 
 log = logging.getLogger(__name__)
 
-# Frames awaiting the broker's confirm at once: enough to keep the pipe full.
-IN_FLIGHT = 256
+# Messages per publish chunk, and chunks awaiting the broker's confirms at once.
+CHUNK_MESSAGES = 500
+CHUNKS_IN_FLIGHT = 4
 
 
 @dataclass(slots=True)
@@ -93,6 +95,44 @@ class Progress:
             log.info("%s", line)
 
 
+class Sender:
+    """Publishes in chunks, with a bounded number of chunks awaiting confirms at once."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self.chunk: list[tuple[str, bytes]] = []
+        self.pending: set[asyncio.Task[Any]] = set()
+
+    def add(self, queue: str, doc: Any) -> None:
+        """Queue one message for the next flush."""
+        self.chunk.append((queue, encode(doc)))
+
+    async def flush(self) -> None:
+        """Start publishing the chunk; wait only while too many chunks are unconfirmed."""
+        if self.chunk:
+            chunk, self.chunk = self.chunk, []
+            self.pending.add(asyncio.create_task(self._publish(chunk)))
+        while len(self.pending) >= CHUNKS_IN_FLIGHT:
+            await self._reap(asyncio.FIRST_COMPLETED)
+
+    async def _publish(self, chunk: list[tuple[str, bytes]]) -> None:
+        raw = await self.channel.get_underlay_channel()
+        await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
+                                                 properties=PERSISTENT_JSON)
+                               for queue, body in chunk))
+
+    async def _reap(self, when: str) -> None:
+        done, self.pending = await asyncio.wait(self.pending, return_when=when)
+        for task in done:
+            task.result()  # a failed publish stops the run with its error
+
+    async def close(self) -> None:
+        """Publish what is left and wait for every confirm."""
+        await self.flush()
+        if self.pending:
+            await self._reap(asyncio.ALL_COMPLETED)
+
+
 async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
     """Send events as planned; returns how many the broker confirmed."""
     data = load_source(plan)
@@ -100,53 +140,51 @@ async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
     try:
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
-        exchange = channel.default_exchange
         run = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}"
         single = plan.batch == 1
-        window = asyncio.Semaphore(IN_FLIGHT)
-        pending: set[asyncio.Task[Any]] = set()
+        sender = Sender(channel)
         progress = Progress(plan.count)
-        failures: list[BaseException] = []
-
-        def settled(task: asyncio.Task[Any]) -> None:
-            pending.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())  # type: ignore[arg-type]
         start = time.monotonic()
         log.info("producing %s events%s as run %s", plan.count or "endless",
                  f" at {plan.rate:g}/s" if plan.rate else "", run)
-
-        async def send(queue: str, doc: Any) -> None:
-            try:
-                await exchange.publish(persistent(encode(doc)), routing_key=queue)
-            finally:
-                window.release()
-
         sent = 0
         for feats, labels in frames(data, plan, run):
             if stop.is_set():
                 break
-            if plan.rate:
+            if plan.rate and start + sent / plan.rate > time.monotonic():
+                await sender.flush()  # what is due goes out before we wait
                 delay = start + sent / plan.rate - time.monotonic()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                        break
-                    except TimeoutError:
-                        pass
+                if delay > 0 and await _stopped_within(stop, delay):
+                    break
+                feats, labels = _restamp(feats), _restamp(labels)
             for queue, events in ((FEATURES, feats), (Y_TRUE, labels)):
-                for doc in events if single else ([events] if events else []):
-                    await window.acquire()
-                    task = asyncio.create_task(send(queue, doc))
-                    pending.add(task)
-                    task.add_done_callback(settled)
-            if failures:
-                raise failures[0]
+                if single:
+                    for doc in events:
+                        sender.add(queue, doc)
+                elif events:
+                    sender.add(queue, events)
             sent += len(feats)
+            if len(sender.chunk) >= CHUNK_MESSAGES:
+                await sender.flush()
             progress.update(sent)
-        if pending:
-            await asyncio.gather(*pending)
+        await sender.close()
         progress.update(sent, final=True)
         return sent
     finally:
         await connection.close()
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _restamp(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A paced frame is stamped when it is really sent, not when it was built.
+    now = time.time()
+    for e in events:
+        e["ts"] = now
+    return events

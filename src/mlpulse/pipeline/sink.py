@@ -143,7 +143,8 @@ class CsvSink:
             elif draining:
                 return
 
-    async def _write(self, f: IO[bytes], entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
+    async def _write(self, f: IO[bytes],
+                     entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
         if not entries:
             return
         now = time.time()
