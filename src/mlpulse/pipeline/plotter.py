@@ -105,6 +105,7 @@ async def draw_if_new(settings: Settings, redis: Redis) -> bool:
     count = int(await redis.hget(AGG, "count") or 0)
     drawn = int(await redis.get(PLOT_DRAWN) or -1)
     if count == 0 or (count == drawn and settings.plot_path.exists()):
+        log.debug("nothing new to draw (%d errors drawn)", drawn)
         return False
     width, counts = await read_histogram(redis)
     stats = await read_summary(redis)
