@@ -89,7 +89,7 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, amqp_url: str) -> Iterator[Env]:
+def env(tmp_path: Path, amqp_url: str) -> Env:
     redis_url = f"redis://localhost:6379/{REDIS_DB}"
     r = redis.Redis.from_url(redis_url)
     r.flushdb()
@@ -106,7 +106,7 @@ def env(tmp_path: Path, amqp_url: str) -> Iterator[Env]:
         "MLPULSE_DATA_DIR": str(tmp_path / "data"),
         "MLPULSE_MODELS_DIR": str(tmp_path / "models"),
     }
-    yield Env(tmp_path, amqp_url, redis_url, variables)
+    return Env(tmp_path, amqp_url, redis_url, variables)
 
 
 class Role:

@@ -7,7 +7,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from mlpulse.config import Settings
 
@@ -53,7 +54,7 @@ def configure_logging(settings: Settings, role: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-RoleBody = Callable[[Settings, asyncio.Event], Awaitable[None]]
+RoleBody = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def run_role(role: str, body: RoleBody, settings: Settings) -> None:

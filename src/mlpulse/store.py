@@ -90,7 +90,7 @@ async def count_rejected(client: Redis, codes: Counter[str]) -> None:
     await pipe.execute()
 
 
-def summarize(agg: dict[bytes, bytes]) -> dict[str, Any]:
+def summarize(agg: dict[Any, Any]) -> dict[str, Any]:
     """Turn the raw aggregate hash into the numbers people read."""
     raw = {k.decode(): v.decode() for k, v in agg.items()}
     count = int(raw.get("count", 0))

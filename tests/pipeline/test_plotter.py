@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from mlpulse.pipeline.plotter import quantile_from_bins
-from tests.conftest import Env, Role, wait_until
+from tests.conftest import Env, Role
 
 
 def send_pairs(env: Env, pairs: list[tuple[str, float, float]]) -> None:

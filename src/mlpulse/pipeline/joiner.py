@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def _send_time(event: Event) -> str:
     ts = event.extra.get("ts")
-    if type(ts) in (int, float) and math.isfinite(ts):
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return repr(float(ts))
     return ""
 

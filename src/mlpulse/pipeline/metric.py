@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
@@ -41,7 +42,7 @@ class LiveUpdates:
     def __init__(self, channel: AbstractChannel, redis: Redis) -> None:
         self.channel = channel
         self.redis = redis
-        self.seen: bytes | None = None
+        self.seen: Any = None
 
     async def publish_if_changed(self) -> None:
         """One read of the version key; a summary only when it moved."""

@@ -127,14 +127,14 @@ class CsvSink:
         if pos is not None:
             # The entry of the last row written may have rows left after it.
             entry, index = pos
-            rest = await self.redis.xrange(JOINED, entry, entry)
+            rest: Any = await self.redis.xrange(JOINED, entry, entry)
             await self._write(f, [(e, flds, index) for e, flds in rest])
             last_id = entry
         else:
             last_id = "0-0"
         while True:
             draining = finish.is_set()
-            reply = await self.redis.xread({JOINED: last_id}, count=500,
+            reply: Any = await self.redis.xread({JOINED: last_id}, count=500,
                                            block=None if draining else 200)
             entries = reply[0][1] if reply else []
             if entries:
