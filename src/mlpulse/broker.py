@@ -62,7 +62,7 @@ async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(
             f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
-            "Start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`."
+            "Start it with `rabbitmq-server -detached`, or set MLPULSE_AMQP_URL."
         ) from None
 
 

@@ -41,7 +41,7 @@ async def connect_redis(settings: Settings) -> Redis:
         await client.aclose()
         raise ServiceUnavailable(
             f"Redis is not reachable at {url.split('@')[-1]} ({exc.__class__.__name__}). "
-            "Start it with `redis-server --daemonize yes` or `docker compose up -d redis`."
+            "Start it with `redis-server --daemonize yes`, or set MLPULSE_REDIS_URL."
         ) from None
     return client
 
