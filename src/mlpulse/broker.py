@@ -55,6 +55,11 @@ Handler = Callable[[list[AbstractIncomingMessage]], Awaitable[None]]
 async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
     """A self-healing connection named after the role, or one clear error."""
     url = str(settings.amqp_url)
+    # The client logs a failed first attempt as an error of its own; the one line below
+    # says the same thing with what to do about it.
+    quiet = logging.getLogger("aiormq.connection")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         return await aio_pika.connect_robust(
             url, client_properties={"connection_name": f"mlpulse-{role}"}, timeout=10
@@ -64,6 +69,8 @@ async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
             f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
             "Start it with `rabbitmq-server -detached`, or set MLPULSE_AMQP_URL."
         ) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def safe_url(url: str) -> str:
