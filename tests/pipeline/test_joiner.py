@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Callable
 
-import pika
 import pytest
 
 from tests.conftest import Env, Role, produce, wait_until
