@@ -236,19 +236,12 @@ class BatchConsumer:
             getter.cancel()
             return None
         batch = [getter.result()]
+        if self.linger and self.inbox.qsize() < self.max_messages:
+            # One timer per batch, not one per message: let the batch fill, then drain.
+            await asyncio.wait({stopping}, timeout=self.linger)
         size = len(batch[0].body)
-        deadline = time.monotonic() + self.linger
-        while len(batch) < self.max_messages and size < self.max_bytes:
-            try:
-                msg = self.inbox.get_nowait()
-            except asyncio.QueueEmpty:
-                left = deadline - time.monotonic()
-                if left <= 0 or stopping.done():
-                    break
-                try:
-                    msg = await asyncio.wait_for(self.inbox.get(), left)
-                except TimeoutError:
-                    break
+        while len(batch) < self.max_messages and size < self.max_bytes and not self.inbox.empty():
+            msg = self.inbox.get_nowait()
             batch.append(msg)
             size += len(msg.body)
         return batch
