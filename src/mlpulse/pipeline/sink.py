@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from mlpulse.broker import TRANSIENT_ERRORS
 from mlpulse.store import JOINED, SINK_POS, Redis
 
 log = logging.getLogger(__name__)
@@ -124,43 +125,57 @@ class CsvSink:
                 return None
 
     async def _copy(self, f: IO[bytes], pos: tuple[str, int] | None, finish: asyncio.Event) -> None:
-        if pos is not None:
-            # The entry of the last row written may have rows left after it.
-            entry, index = pos
-            rest: Any = await self.redis.xrange(JOINED, entry, entry)
-            await self._write(f, [(e, flds, index) for e, flds in rest])
-            last_id = entry
-        else:
-            last_id = "0-0"
+        # After a restart, the entry of the last row written may have rows left after it.
+        resume = pos
+        last_id = pos[0] if pos else "0-0"
+        delay = 0.2
         while True:
             draining = finish.is_set()
-            reply: Any = await self.redis.xread({JOINED: last_id}, count=500,
-                                           block=None if draining else 200)
-            entries = reply[0][1] if reply else []
-            if entries:
-                await self._write(f, [(e, flds, -1) for e, flds in entries])
-                last_id = entries[-1][0].decode()
-            elif draining:
-                return
+            try:
+                if resume is not None:
+                    rest: Any = await self.redis.xrange(JOINED, resume[0], resume[0])
+                    await self._write(f, [(e, flds, resume[1]) for e, flds in rest])
+                    resume = None
+                reply: Any = await self.redis.xread({JOINED: last_id}, count=500,
+                                                    block=None if draining else 200)
+                entries = reply[0][1] if reply else []
+                if entries:
+                    await self._write(f, [(e, flds, -1) for e, flds in entries])
+                    last_id = entries[-1][0].decode()
+                    await self._trim(last_id)
+                elif draining:
+                    return
+                delay = 0.2
+            except TRANSIENT_ERRORS as exc:
+                # What is on disk stays; `last_id` moves only after a write, so nothing is
+                # written twice, and an untrimmed entry is trimmed with the next one.
+                if draining:
+                    log.warning("stopping with the outbox not drained (%r); the next start "
+                                "resumes from the log's last position", exc)
+                    return
+                log.warning("redis unavailable to the sink, retrying in %.1fs: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _write(self, f: IO[bytes],
                      entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
         if not entries:
             return
         now = time.time()
-        parts = []
-        for entry, fields, skip in entries:
-            name = entry.decode() if isinstance(entry, bytes) else entry
-            parts.append(format_rows(name, fields, skip, now))
-        data = "".join(parts).encode()
+        data = "".join(format_rows(_text(entry), fields, skip, now)
+                       for entry, fields, skip in entries).encode()
         await asyncio.to_thread(_append, f, data)
         self.rows_written += data.count(b"\n")
-        last = entries[-1][0]
-        last = last.decode() if isinstance(last, bytes) else last
+
+    async def _trim(self, last_id: str) -> None:
         # Everything before the last entry is on disk; the last one is kept so the
         # position in the file always names an entry that still exists.
-        await self.redis.xtrim(JOINED, minid=last)
-        await self.redis.set(SINK_POS, last)
+        await self.redis.xtrim(JOINED, minid=last_id)
+        await self.redis.set(SINK_POS, last_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _append(f: IO[bytes], data: bytes) -> None:
