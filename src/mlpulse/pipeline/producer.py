@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from aio_pika.abc import AbstractChannel
 
-from mlpulse.broker import PERSISTENT_JSON, connect, declare_topology
+from mlpulse.broker import PERSISTENT_JSON, TRANSIENT_ERRORS, connect, declare_topology
 from mlpulse.config import Settings
 from mlpulse.ml.data import Dataset, diabetes, read_csv
 from mlpulse.wire import FEATURES, Y_TRUE, encode
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Messages per publish chunk, and chunks awaiting the broker's confirms at once.
 CHUNK_MESSAGES = 500
 CHUNKS_IN_FLIGHT = 4
+# A broker restart takes seconds; this many tries with backoff span about a minute.
+PUBLISH_ATTEMPTS = 15
 
 
 @dataclass(slots=True)
@@ -116,10 +118,22 @@ class Sender:
             await self._reap(asyncio.FIRST_COMPLETED)
 
     async def _publish(self, chunk: list[tuple[str, bytes]]) -> None:
-        raw = await self.channel.get_underlay_channel()
-        await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
-                                                 properties=PERSISTENT_JSON)
-                               for queue, body in chunk))
+        delay = 0.5
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                raw = await self.channel.get_underlay_channel()
+                await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
+                                                         properties=PERSISTENT_JSON)
+                                       for queue, body in chunk))
+                return
+            except TRANSIENT_ERRORS as exc:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                # Some of the chunk may have arrived; sending it again is safe because
+                # the joiner counts a repeated half as a duplicate and writes it once.
+                log.warning("publish failed (%r); sending the chunk again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _reap(self, when: str) -> None:
         done, self.pending = await asyncio.wait(self.pending, return_when=when)
