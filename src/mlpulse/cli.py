@@ -40,6 +40,8 @@ def _role(name: str, ctx: click.Context) -> None:
         from mlpulse.pipeline.model import serve
     elif name == "metric":
         from mlpulse.pipeline.metric import serve
+    elif name == "gateway":
+        from mlpulse.gateway.server import serve
     else:
         from mlpulse.pipeline.plotter import serve
     run_role(name, serve, settings)
@@ -57,6 +59,26 @@ def model(ctx: click.Context) -> None:
 def metric(ctx: click.Context) -> None:
     """Join y_true with y_pred, log errors to the CSV, keep live aggregates."""
     _role("metric", ctx)
+
+
+@cli.command()
+@click.pass_context
+def gateway(ctx: click.Context) -> None:
+    """Serve the live dashboard, the API and WebSockets on MLPULSE_HTTP_PORT."""
+    _role("gateway", ctx)
+
+
+@cli.command()
+@click.option("--user", required=True, help="Who the token is for.")
+@click.option("--admin", is_flag=True, help="Allow admin actions (retrain, deploy).")
+@click.option("--ttl", default="7d", show_default=True, help="Lifetime: 90s, 30m, 12h, 7d.")
+@click.pass_context
+def token(ctx: click.Context, user: str, admin: bool, ttl: str) -> None:
+    """Print a signed access token (and nothing else) on stdout."""
+    from mlpulse.gateway.auth import issue_token, load_secret, parse_duration
+
+    secret, _ = load_secret(_settings(ctx))
+    click.echo(issue_token(secret, user, admin=admin, ttl=parse_duration(ttl)))
 
 
 @cli.command()

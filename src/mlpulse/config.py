@@ -55,7 +55,22 @@ class Settings(BaseSettings):
     hist_bin_width: float = Field(5.0, gt=0)
     hist_bins: int = Field(80, ge=1, le=10_000)
     plot_interval: float = Field(10.0, gt=0)
+
+    # Gateway: how long a login lasts, and the bounds on every WebSocket.
+    login_ttl: int = Field(7 * 86400, gt=0)
+    ws_max_per_user: int = Field(20, ge=1)
+    ws_outbox: int = Field(256, ge=1)
+    ws_max_frame_bytes: int = Field(64 * 1024, ge=128)
+    ws_rate: float = Field(10.0, gt=0)
+    ws_burst: int = Field(20, ge=1)
+    http_host: str = "0.0.0.0"  # noqa: S104 - a server, meant to be reached
     publish_interval: float = Field(0.5, gt=0)
+
+    def origins(self) -> set[str]:
+        """Origins allowed to open a WebSocket: the setting, or this host on the HTTP port."""
+        if self.allowed_origins:
+            return {o.rstrip("/") for o in self.allowed_origins}
+        return {f"http://{h}:{self.http_port}" for h in ("localhost", "127.0.0.1", "[::1]")}
 
     @property
     def metric_log(self) -> Path:

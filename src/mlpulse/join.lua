@@ -91,6 +91,13 @@ if n > 0 then
   redis.call("HINCRBYFLOAT", sec, "sum_abs", fmt(sum_abs))
   redis.call("HINCRBYFLOAT", sec, "sum_sq", fmt(sum_sq))
   redis.call("EXPIRE", sec, 3600)
+  -- The latest predictions, newest first, for people to look at.
+  local recent = P .. "recent"
+  for i = math.max(1, #rows - 49), #rows do
+    local r = rows[i]
+    redis.call("LPUSH", recent, cjson.encode({r[1], r[2], r[3], r[4], fmt(now)}))
+  end
+  redis.call("LTRIM", recent, 0, 49)
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
 if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end

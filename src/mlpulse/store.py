@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -23,6 +24,8 @@ JOINED = PREFIX + "joined"
 VERSION = PREFIX + "version"
 PLOT_DRAWN = PREFIX + "plot:drawn"
 SINK_POS = PREFIX + "sink:pos"
+RECENT = PREFIX + "recent"
+SECOND = PREFIX + "sec:"
 
 Redis = aioredis.Redis
 
@@ -129,3 +132,57 @@ async def read_histogram(client: Redis) -> tuple[float, list[int]]:
     for k, v in hist.items():
         counts[min(int(k), nbins)] += int(v)
     return width, counts
+
+
+async def read_recent(client: Redis, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest joined predictions, newest first."""
+    out = []
+    for raw in await client.lrange(RECENT, 0, limit - 1):
+        rid, t, p, version, at = orjson.loads(raw)
+        out.append({"id": rid, "y_true": float(t), "y_pred": float(p),
+                    "absolute_error": abs(float(t) - float(p)), "model_version": version,
+                    "joined_at": float(at)})
+    return out
+
+
+async def read_seconds(client: Redis, now: float, seconds: int) -> list[dict[str, Any]]:
+    """Per-second windows for the last `seconds` seconds, oldest first (gaps as zeros)."""
+    start = int(now) - seconds + 1
+    pipe = client.pipeline(transaction=False)
+    for sec in range(start, int(now) + 1):
+        pipe.hgetall(f"{SECOND}{sec}")
+    out = []
+    for sec, raw in zip(range(start, int(now) + 1), await pipe.execute(), strict=True):
+        n = int(raw.get(b"count", 0))
+        sum_abs = float(raw.get(b"sum_abs", 0))
+        out.append({"t": sec, "count": n, "mae": sum_abs / n if n else None})
+    return out
+
+
+async def read_by_version(client: Redis) -> dict[str, dict[str, Any]]:
+    """Count, MAE and RMSE for each model version."""
+    stored: dict[Any, Any] = await client.hgetall(BY_VERSION)
+    raw = {k.decode(): float(v) for k, v in stored.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        version, _, field = key.rpartition("|")
+        out.setdefault(version, {})[field] = value
+    for version, v in out.items():
+        n = v.get("count", 0)
+        out[version] = {"count": int(n), "mae": v.get("sum_abs", 0) / n if n else None,
+                        "rmse": math.sqrt(v.get("sum_sq", 0) / n) if n else None}
+    return out
+
+
+def quantile_from_bins(width: float, counts: list[int], q: float) -> float | None:
+    """Approximate quantile of the binned errors (linear inside a bin)."""
+    total = sum(counts)
+    if not total:
+        return None
+    target = q * total
+    seen = 0
+    for i, c in enumerate(counts):
+        if c and seen + c >= target:
+            return (i + (target - seen) / c) * width
+        seen += c
+    return len(counts) * width

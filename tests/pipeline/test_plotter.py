@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mlpulse.pipeline.plotter import quantile_from_bins
+from mlpulse.store import quantile_from_bins
 from tests.conftest import Env, Role
 
 

@@ -25,25 +25,12 @@ from mlpulse.store import (
     PLOT_DRAWN,
     Redis,
     connect_redis,
+    quantile_from_bins,
     read_histogram,
     read_summary,
 )
 
 log = logging.getLogger(__name__)
-
-
-def quantile_from_bins(width: float, counts: list[int], q: float) -> float | None:
-    """Approximate quantile of the binned errors (linear inside a bin)."""
-    total = sum(counts)
-    if not total:
-        return None
-    target = q * total
-    seen = 0
-    for i, c in enumerate(counts):
-        if c and seen + c >= target:
-            return (i + (target - seen) / c) * width
-        seen += c
-    return len(counts) * width
 
 
 def render_histogram(path: Path, width: float, counts: list[int], stats: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""The gateway: FastAPI on Uvicorn, the Redis actualizer and the RabbitMQ relay, one loop."""

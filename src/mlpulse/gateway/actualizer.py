@@ -1,0 +1,99 @@
+"""The actualizer: watches the live aggregates in Redis and pushes only what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from mlpulse.broker import TRANSIENT_ERRORS
+from mlpulse.gateway.hub import Hub
+from mlpulse.store import (
+    VERSION,
+    Redis,
+    quantile_from_bins,
+    read_by_version,
+    read_histogram,
+    read_recent,
+    read_seconds,
+    read_summary,
+)
+
+log = logging.getLogger(__name__)
+
+SERIES_SECONDS = 120
+RATE_SECONDS = 5
+
+
+async def build_snapshot(redis: Redis, now: float | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows, read from Redis."""
+    now = time.time() if now is None else now
+    summary = await read_summary(redis)
+    width, counts = await read_histogram(redis)
+    series = await read_seconds(redis, now, SERIES_SECONDS)
+    # The current second is still filling: the rate is over the last complete seconds.
+    done = series[-RATE_SECONDS - 1:-1]
+    summary["events_per_s"] = sum(s["count"] for s in done) / RATE_SECONDS
+    summary["p50"] = quantile_from_bins(width, counts, 0.5)
+    summary["p95"] = quantile_from_bins(width, counts, 0.95)
+    return {
+        "summary": summary,
+        "histogram": {"bin_width": width, "counts": counts},
+        "series": series,
+        "recent": await read_recent(redis),
+        "by_version": await read_by_version(redis),
+    }
+
+
+def envelope(kind: str, data: dict[str, Any]) -> str:
+    """A message for sockets, serialised once."""
+    return orjson.dumps({"type": kind, "ts": time.time(), "data": data}).decode()
+
+
+class Actualizer:
+    """Polls a version key cheaply; rebuilds and pushes a diff only when something moved."""
+
+    def __init__(self, redis: Redis, hub: Hub, *, poll: float = 0.25,
+                 min_interval: float = 1.0, refresh: float = 2.0) -> None:
+        self.redis = redis
+        self.hub = hub
+        self.poll = poll
+        self.min_interval = min_interval
+        self.refresh = refresh
+        self.snapshot: dict[str, Any] = {}
+        self.version: Any = None
+        self.built_at = 0.0
+
+    def full(self) -> str:
+        """The whole current snapshot, for a client that has just connected."""
+        return envelope("snapshot", {**self.snapshot, "full": True})
+
+    async def step(self) -> dict[str, Any]:
+        """Rebuild if the version moved (or the time window did); push and return the diff."""
+        now = time.time()
+        version = await self.redis.get(VERSION)
+        stale = now - self.built_at >= self.refresh
+        if (version == self.version and not stale) or now - self.built_at < self.min_interval:
+            return {}
+        fresh = await build_snapshot(self.redis, now)
+        changed = {k: v for k, v in fresh.items() if self.snapshot.get(k) != v}
+        if version != self.version:
+            changed["version"] = int(version or 0)
+        self.snapshot, self.version, self.built_at = fresh, version, now
+        if changed:
+            self.hub.broadcast(envelope("snapshot", changed))
+        return changed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the snapshot fresh until `stop`; Redis hiccups are retried."""
+        while not stop.is_set():
+            try:
+                await self.step()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("actualizer: redis unavailable (%r); retrying", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll)

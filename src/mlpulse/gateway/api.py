@@ -1,0 +1,86 @@
+"""JSON API, health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mlpulse.gateway.auth import AuthError
+from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
+from mlpulse.gateway.relay import read_history
+from mlpulse.store import read_histogram, read_recent, read_summary
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz(gw: GatewayDep) -> Response:
+    """Redis and RabbitMQ reachability; 503 when either is down."""
+    try:
+        redis_ok = bool(await asyncio.wait_for(gw.redis.ping(), 2))
+    except Exception:  # any failure means "not reachable"
+        redis_ok = False
+    rabbit_ok = gw.broker_ok()
+    ok = redis_ok and rabbit_ok
+    body = {"status": "ok" if ok else "degraded", "redis": redis_ok, "rabbitmq": rabbit_ok,
+            "connections": len(gw.hub.clients)}
+    return Response(orjson.dumps(body), status_code=200 if ok else 503,
+                    media_type="application/json")
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(request: Request, gw: GatewayDep) -> Response:
+    """Prometheus metrics (public only with MLPULSE_METRICS_PUBLIC)."""
+    if not gw.settings.metrics_public:
+        try:
+            user_of(request)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from None
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/me", tags=["api"])
+async def me(user: CurrentUser, gw: GatewayDep) -> dict[str, Any]:
+    """Who the token belongs to."""
+    return {"user": user.name, "admin": user.admin,
+            "connections": gw.hub.connections_of(user.name)}
+
+
+@router.get("/api/summary", tags=["api"])
+async def summary(user: CurrentUser, gw: GatewayDep) -> dict[str, Any]:
+    """Counts, MAE, RMSE, error quantiles, events/s, unmatched and rejected."""
+    snapshot: dict[str, Any] | None = gw.actualizer.snapshot.get("summary")
+    return snapshot or await read_summary(gw.redis)
+
+
+@router.get("/api/histogram", tags=["api"])
+async def histogram(user: CurrentUser, gw: GatewayDep) -> dict[str, Any]:
+    """Absolute-error histogram: fixed-width bins, the last one is the overflow."""
+    width, counts = await read_histogram(gw.redis)
+    return {"bin_width": width, "counts": counts}
+
+
+@router.get("/api/recent", tags=["api"])
+async def recent(user: CurrentUser, gw: GatewayDep, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest joined predictions, newest first."""
+    return await read_recent(gw.redis, max(1, min(limit, 50)))
+
+
+@router.get("/api/messages", tags=["api"])
+async def messages(user: CurrentUser, gw: GatewayDep) -> list[Any]:
+    """My own recent messages, oldest first."""
+    return [orjson.loads(m) for m in await read_history(gw.redis, user.name)]
+
+
+@router.get("/plot.png", tags=["api"])
+async def plot(user: CurrentUser, gw: GatewayDep) -> Response:
+    """The error-distribution PNG drawn by the plot role."""
+    path = gw.settings.plot_path
+    if not path.exists():
+        raise HTTPException(404, "no plot yet: the plot role draws once errors arrive")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,61 @@
+"""Request-scoped pieces the routes share: the gateway state and the signed-in user."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
+
+from mlpulse.config import Settings
+from mlpulse.gateway.actualizer import Actualizer
+from mlpulse.gateway.auth import AuthError, User, verify_token
+from mlpulse.gateway.hub import Hub
+from mlpulse.store import Redis
+
+COOKIE = "token"
+
+
+@dataclass
+class Gateway:
+    """What one gateway process holds, shared by every route."""
+
+    settings: Settings
+    secret: bytes
+    hub: Hub
+    redis: Redis
+    actualizer: Actualizer
+    broker_ok: Callable[[], bool]
+
+
+def gateway_of(conn: HTTPConnection) -> Gateway:
+    """The gateway state stored on the app."""
+    state: Gateway = conn.app.state.gateway
+    return state
+
+
+def token_of(conn: HTTPConnection) -> str | None:
+    """A token from the Authorization header, the `token` query parameter or the cookie."""
+    header = conn.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return conn.query_params.get("token") or conn.cookies.get(COOKIE)
+
+
+def user_of(conn: HTTPConnection) -> User:
+    """The signed-in user, or `AuthError`."""
+    return verify_token(gateway_of(conn).secret, token_of(conn))
+
+
+def current_user(request: Request) -> User:
+    """A route dependency: 401 unless the request carries a valid token."""
+    try:
+        return user_of(request)
+    except AuthError as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+GatewayDep = Annotated[Gateway, Depends(gateway_of)]

@@ -1,0 +1,108 @@
+"""The relay: an exclusive queue on `mlpulse.events`, routed to everyone or to one user."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import Counter, Histogram
+
+from mlpulse.broker import connect
+from mlpulse.config import Settings
+from mlpulse.gateway.auth import USER_NAME
+from mlpulse.gateway.hub import Hub
+from mlpulse.store import PREFIX, Redis
+from mlpulse.wire import EVENTS_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+RELAYED = Counter("mlpulse_gateway_relayed_total", "Events relayed from RabbitMQ", ["route"])
+LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the gateway",
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+HISTORY_KEEP = 50
+HISTORY_TTL = 7 * 86400
+
+
+def history_key(user: str) -> str:
+    """Where a user's recent own messages are kept."""
+    return f"{PREFIX}history:{user}"
+
+
+async def read_history(redis: Redis, user: str, limit: int = 20) -> list[str]:
+    """A user's latest own messages, oldest first."""
+    raw: list[bytes] = await redis.zrange(history_key(user), -limit, -1)  # type: ignore[assignment]
+    return [r.decode() for r in raw]
+
+
+class Relay:
+    """Turns events on the exchange into hub deliveries."""
+
+    def __init__(self, settings: Settings, hub: Hub, redis: Redis) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.redis = redis
+        self.ready = asyncio.Event()
+        self.connection: AbstractRobustConnection | None = None
+
+    def connected(self) -> bool:
+        """Whether the relay's broker connection is up right now."""
+        return self.connection is not None and not self.connection.is_closed
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """Route one event; anything malformed is logged and skipped."""
+        key = message.routing_key or ""
+        try:
+            doc: Any = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            log.warning("relay: skipped a non-JSON event on %r", key)
+            return
+        if not isinstance(doc, dict) or "type" not in doc:
+            log.warning("relay: skipped an event without a type on %r", key)
+            return
+        ts = doc.get("ts")
+        if isinstance(ts, int | float):
+            LAG.observe(max(0.0, time.time() - ts))
+        payload = message.body.decode()
+        if key == "broadcast":
+            if doc["type"] == "metrics":
+                return  # the actualizer pushes the dashboard's numbers from Redis
+            RELAYED.labels("broadcast").inc()
+            self.hub.broadcast(payload)
+        elif key.startswith("user.") and USER_NAME.match(key[5:]):
+            user = key[5:]
+            RELAYED.labels("user").inc()
+            self.hub.send_to(user, payload)
+            await self._remember(user, payload, ts)
+
+    async def _remember(self, user: str, payload: str, ts: Any) -> None:
+        # Every gateway sees every event; NX keeps one copy however many add it.
+        score = float(ts) if isinstance(ts, int | float) else time.time()
+        key = history_key(user)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {payload: score}, nx=True)
+        pipe.zremrangebyrank(key, 0, -HISTORY_KEEP - 1)
+        pipe.expire(key, HISTORY_TTL)
+        await pipe.execute()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop`; the robust connection re-binds after a broker restart."""
+        connection = self.connection = await connect(self.settings, "gateway")
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1000)
+            exchange = await channel.declare_exchange(
+                EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            await queue.bind(exchange, "broadcast")
+            await queue.bind(exchange, "user.*")
+            await queue.consume(self.on_message, no_ack=True)
+            log.info("relay: bound %s to %s", queue.name, EVENTS_EXCHANGE)
+            self.ready.set()
+            await stop.wait()
+        finally:
+            await connection.close()

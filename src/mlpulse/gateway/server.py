@@ -1,0 +1,115 @@
+"""`mlpulse gateway`: Uvicorn, the actualizer and the relay as three tasks in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Generator
+
+import uvicorn
+
+from mlpulse.config import Settings
+from mlpulse.gateway.actualizer import Actualizer
+from mlpulse.gateway.app import create_app
+from mlpulse.gateway.auth import issue_token, load_secret
+from mlpulse.gateway.deps import Gateway
+from mlpulse.gateway.hub import Hub
+from mlpulse.gateway.relay import Relay
+from mlpulse.store import connect_redis
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+_TOKEN = re.compile(r"(token=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Keeps tokens out of Uvicorn's access and connection lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1***", record.msg)
+        return True
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handlers: the role's stop event ends it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def login_banner(settings: Settings, secret: bytes) -> str:
+    """The first-start line with a ready-to-click admin login URL."""
+    token = issue_token(secret, "admin", admin=True, ttl=settings.login_ttl)
+    return (f"\n  mlpulse is up. Sign in as admin (first start only):\n"
+            f"    http://localhost:{settings.http_port}/?token={token}\n"
+            f"  More tokens: mlpulse token --user NAME [--admin]\n")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the gateway until `stop`; if one of its tasks dies, fail loudly."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
+    secret, first_start = load_secret(settings)
+    redis = await connect_redis(settings)
+    hub = Hub(settings.ws_outbox)
+    actualizer = Actualizer(redis, hub)
+    relay = Relay(settings, hub, redis)
+    gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected)
+    server = _Server(uvicorn.Config(
+        create_app(gateway), host=settings.http_host, port=settings.http_port,
+        log_config=None, lifespan="off", server_header=False,
+        ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=20, ws_ping_timeout=20,
+    ))
+    tasks = {
+        asyncio.create_task(relay.run(stop), name="relay"),
+        asyncio.create_task(actualizer.run(stop), name="actualizer"),
+    }
+    try:
+        await asyncio.wait_for(relay.ready.wait(), 30)
+        await actualizer.step()
+        tasks.add(asyncio.create_task(server.serve(), name="web"))
+        while not server.started:
+            await asyncio.sleep(0.05)
+            if any(t.done() for t in tasks):
+                break
+        if first_start:
+            sys.stdout.write(login_banner(settings, secret))
+            sys.stdout.flush()
+        log.info("ready: http://localhost:%d", settings.http_port)
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        died = [t for t in done if t is not stopping]
+        for t in died:
+            log.error("gateway task %s ended unexpectedly: %r", t.get_name(),
+                      t.exception() if not t.cancelled() else "cancelled")
+        stop.set()
+        await _shutdown(hub, server)
+        for t in died:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        if died:
+            raise RuntimeError(f"gateway task {died[0].get_name()} stopped")
+    finally:
+        server.should_exit = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await redis.aclose()
+
+
+async def _shutdown(hub: Hub, server: uvicorn.Server) -> None:
+    """Tell every client we are going away, then let Uvicorn finish."""
+    closing = [asyncio.wait_for(c.ws.close(CLOSE_GOING_AWAY, "server shutting down"), 2)
+               for c in list(hub.clients)]
+    await asyncio.gather(*closing, return_exceptions=True)
+    server.should_exit = True

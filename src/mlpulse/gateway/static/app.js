@@ -1,0 +1,217 @@
+"use strict";
+// mlpulse dashboard: one WebSocket, a snapshot merged with diffs, canvas charts, no build step.
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const state = { snapshot: {}, seq: 0, gaps: 0, connected: false, messages: 0 };
+  window.mlpulse = state;  // read by the end-to-end tests and handy in the console
+
+  const fmt = (v, digits = 2) =>
+    v === null || v === undefined ? "–" :
+    Number.isInteger(v) ? v.toLocaleString("en-US") :
+    v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+  function setValue(id, value, digits) {
+    const el = $(id);
+    const text = fmt(value, digits);
+    if (el.textContent !== text) {
+      el.textContent = text;
+      el.dataset.value = value === null || value === undefined ? "" : String(value);
+      el.classList.remove("flash"); void el.offsetWidth; el.classList.add("flash");
+    }
+    el.classList.toggle("nonzero", Boolean(value));
+  }
+
+  function renderCards(s) {
+    if (!s) return;
+    setValue("m-count", s.count);
+    setValue("m-mae", s.mae);
+    setValue("m-rmse", s.rmse);
+    setValue("m-p50", s.p50);
+    setValue("m-p95", s.p95);
+    setValue("m-rate", s.events_per_s, 1);
+    setValue("m-unmatched", s.unmatched);
+    setValue("m-rejected", s.rejected);
+  }
+
+  function canvas(id) {
+    const c = $(id);
+    const ratio = window.devicePixelRatio || 1;
+    const w = c.clientWidth, h = c.clientHeight || 240;
+    if (c.width !== Math.round(w * ratio)) { c.width = Math.round(w * ratio); c.height = Math.round(h * ratio); }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = "11px system-ui, sans-serif";
+    return { ctx, w, h };
+  }
+
+  function axes(ctx, w, h, pad, yMax, label) {
+    ctx.strokeStyle = "#e2e8f0"; ctx.fillStyle = "#64748b"; ctx.lineWidth = 1;
+    for (let i = 0; i <= 4; i++) {
+      const y = pad.t + (h - pad.t - pad.b) * (1 - i / 4);
+      ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(w - pad.r, y); ctx.stroke();
+      ctx.fillText(fmt(yMax * i / 4, yMax < 10 ? 1 : 0), 4, y + 3);
+    }
+    ctx.fillText(label, pad.l, h - 4);
+  }
+
+  function renderHistogram(hist) {
+    if (!hist || !hist.counts || !hist.counts.length) return;
+    const { ctx, w, h } = canvas("hist");
+    const pad = { l: 48, r: 10, t: 10, b: 30 };
+    const counts = hist.counts.slice(0, -1);
+    let last = counts.length - 1;
+    while (last > 0 && counts[last] === 0) last--;
+    const shown = counts.slice(0, Math.max(last + 1, 10));
+    const overflow = hist.counts[hist.counts.length - 1];
+    const max = Math.max(1, ...shown);
+    axes(ctx, w, h, pad, max, "absolute error");
+    const bw = (w - pad.l - pad.r) / shown.length;
+    ctx.fillStyle = "#3b82f6";
+    shown.forEach((c, i) => {
+      const bh = (h - pad.t - pad.b) * c / max;
+      ctx.fillRect(pad.l + i * bw + 1, h - pad.b - bh, Math.max(1, bw - 2), bh);
+    });
+    ctx.fillStyle = "#64748b";
+    const step = Math.ceil(shown.length / 8);
+    for (let i = 0; i <= shown.length; i += step) {
+      ctx.fillText(fmt(i * hist.bin_width, 0), pad.l + i * bw - 6, h - pad.b + 14);
+    }
+    $("hist-note").textContent = overflow ? `${fmt(overflow)} beyond ${fmt(counts.length * hist.bin_width, 0)}` : "";
+  }
+
+  function renderSeries(series) {
+    if (!series || !series.length) return;
+    const { ctx, w, h } = canvas("series");
+    const pad = { l: 48, r: 10, t: 10, b: 30 };
+    const maes = series.map((p) => p.mae).filter((v) => v !== null);
+    const max = Math.max(1, ...maes) * 1.1;
+    axes(ctx, w, h, pad, max, "seconds ago → now");
+    const x = (i) => pad.l + (w - pad.l - pad.r) * i / (series.length - 1);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    const maxCount = Math.max(1, ...series.map((p) => p.count));
+    ctx.fillStyle = "rgba(148, 163, 184, 0.25)";
+    series.forEach((p, i) => {
+      const bh = (h - pad.t - pad.b) * 0.35 * p.count / maxCount;
+      ctx.fillRect(x(i) - 1, h - pad.b - bh, 2, bh);
+    });
+    ctx.strokeStyle = "#dc2626"; ctx.lineWidth = 2; ctx.beginPath();
+    let pen = false;
+    series.forEach((p, i) => {
+      if (p.mae === null) { pen = false; return; }
+      if (pen) ctx.lineTo(x(i), y(p.mae)); else ctx.moveTo(x(i), y(p.mae));
+      pen = true;
+    });
+    ctx.stroke();
+  }
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function renderRecent(rows) {
+    if (!rows) return;
+    const body = $("recent");
+    const max = Math.max(1, ...rows.map((r) => r.absolute_error));
+    body.replaceChildren(...rows.slice(0, 12).map((r) => {
+      const tr = document.createElement("tr");
+      const err = cell(fmt(r.absolute_error));
+      const bar = document.createElement("span");
+      bar.className = "bar"; bar.style.width = `${Math.round(40 * r.absolute_error / max)}px`;
+      err.appendChild(bar);
+      tr.append(cell(String(r.id)), cell(fmt(r.y_true)), cell(fmt(r.y_pred)), err, cell(r.model_version || "–"));
+      return tr;
+    }));
+  }
+
+  function renderVersions(v) {
+    if (!v) return;
+    $("versions").replaceChildren(...Object.entries(v).sort().map(([name, s]) => {
+      const tr = document.createElement("tr");
+      tr.append(cell(name || "–"), cell(fmt(s.count)), cell(fmt(s.mae)), cell(fmt(s.rmse)));
+      return tr;
+    }));
+  }
+
+  function render(changed) {
+    const s = state.snapshot;
+    if ("summary" in changed) renderCards(s.summary);
+    if ("histogram" in changed) renderHistogram(s.histogram);
+    if ("series" in changed) renderSeries(s.series);
+    if ("recent" in changed) renderRecent(s.recent);
+    if ("by_version" in changed) renderVersions(s.by_version);
+  }
+
+  function addToFeed(msg, note) {
+    const feed = $("feed");
+    if (!state.messages) feed.replaceChildren();
+    state.messages++;
+    const li = document.createElement("li");
+    const kind = document.createElement("span");
+    kind.className = "kind"; kind.textContent = msg.type;
+    const when = new Date((msg.ts || Date.now() / 1000) * 1000).toLocaleTimeString();
+    const data = msg.data && (msg.data.text || msg.data.message);
+    li.append(kind, document.createTextNode(` ${when}  ${data || JSON.stringify(msg.data || {})}`));
+    if (note) { const g = document.createElement("span"); g.className = "gap"; g.textContent = ` ${note}`; li.append(g); }
+    feed.prepend(li);
+    while (feed.children.length > 100) feed.lastChild.remove();
+  }
+
+  function setConn(kind, text) {
+    const el = $("conn");
+    el.className = `conn conn-${kind}`;
+    el.dataset.state = kind;
+    el.textContent = text;
+  }
+
+  let delay = 1000;
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${proto}://${location.host}/ws`);
+    state.ws = ws;
+    setConn("connecting", "connecting…");
+    ws.onopen = () => { state.connected = true; state.seq = 0; delay = 1000; setConn("live", "live"); };
+    ws.onmessage = (ev) => {
+      const msg = JSON.parse(ev.data);
+      let note = "";
+      if (msg.seq !== state.seq + 1) { state.gaps++; note = `(missed ${msg.seq - state.seq - 1})`; }
+      state.seq = msg.seq;
+      if (msg.type === "snapshot") {
+        if (msg.data.full) state.snapshot = {};
+        Object.assign(state.snapshot, msg.data);
+        render(msg.data);
+      } else if (msg.type !== "pong") {
+        addToFeed(msg, note);
+      }
+    };
+    ws.onclose = (ev) => {
+      state.connected = false;
+      if (ev.code === 1008) { location.href = "/logout"; return; }
+      const secs = Math.round(delay / 1000);
+      setConn("offline", `offline, retrying in ${secs}s`);
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 10000);
+    };
+  }
+
+  async function whoami() {
+    const r = await fetch("/api/me");
+    if (r.ok) { const me = await r.json(); $("who").textContent = me.admin ? `${me.user} (admin)` : me.user; }
+  }
+
+  function refreshPlot() {
+    const img = $("plot");
+    const next = new Image();
+    next.onload = () => { img.src = next.src; };
+    next.src = `/plot.png?t=${Date.now()}`;
+  }
+
+  window.addEventListener("resize", () => render({ histogram: 1, series: 1 }));
+  connect();
+  whoami();
+  refreshPlot();
+  setInterval(refreshPlot, 10000);
+})();
