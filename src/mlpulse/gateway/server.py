@@ -88,7 +88,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        died = [t for t in done if t is not stopping]
+        # A task that returns once the stop is set has simply finished its work.
+        died = [t for t in done if t is not stopping
+                and (t.cancelled() or t.exception() is not None or not stop.is_set())]
         for t in died:
             log.error("gateway task %s ended unexpectedly: %r", t.get_name(),
                       t.exception() if not t.cancelled() else "cancelled")

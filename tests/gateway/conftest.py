@@ -1,0 +1,71 @@
+"""Gateway fixtures: a real `mlpulse gateway` process on a free port, tokens, clients."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pika
+import pytest
+
+from mlpulse.gateway.auth import issue_token
+from tests.conftest import Env, Role
+
+SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Gateway:
+    """A running gateway and how to reach it."""
+
+    role: Role
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def token(user: str, admin: bool = False, ttl: float = 3600) -> str:
+    return issue_token(SECRET.encode(), user, admin=admin, ttl=ttl)
+
+
+@pytest.fixture
+def start_gateway(env: Env, spawn: Callable[..., Role]) -> Callable[..., Gateway]:
+    env.vars["MLPULSE_SECRET"] = SECRET
+
+    def start(extra: dict[str, str] | None = None) -> Gateway:
+        port = free_port()
+        role = spawn("gateway", extra={"MLPULSE_HTTP_PORT": str(port), **(extra or {})},
+                     ready=r"ready: http")
+        return Gateway(role, port)
+
+    return start
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    return start_gateway()
+
+
+def publish_event(env: Env, routing_key: str, doc: bytes) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+    ch = conn.channel()
+    ch.exchange_declare("mlpulse.events", exchange_type="topic", durable=True)
+    ch.basic_publish("mlpulse.events", routing_key, doc)
+    conn.close()

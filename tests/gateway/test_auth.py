@@ -1,0 +1,135 @@
+"""Every route but the public ones, and every socket, needs a valid token."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import httpx
+import jwt
+import pytest
+import websockets
+
+from tests.gateway.conftest import SECRET, Gateway, token
+
+
+def forged() -> str:
+    return jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, "x" * 40,
+                      algorithm="HS256")
+
+
+def alg_none() -> str:
+    def b64(d: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    return f'{b64({"alg": "none", "typ": "JWT"})}.{b64({"sub": "alice", "exp": 9999999999})}.'
+
+
+def tampered() -> str:
+    head, body, sig = token("alice").split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    claims["admin"] = True
+    new = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{head}.{new}.{sig}"
+
+
+BAD_TOKENS = {
+    "forged": forged,
+    "expired": lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) - 5}, SECRET,
+                                  algorithm="HS256"),
+    "alg_none": alg_none,
+    "tampered": tampered,
+    "garbage": lambda: "not-a-token",
+}
+
+
+@pytest.mark.parametrize("kind", [None, *BAD_TOKENS])
+def test_bad_tokens_get_401(gateway: Gateway, kind: str | None) -> None:
+    headers = {} if kind is None else {"Authorization": f"Bearer {BAD_TOKENS[kind]()}"}
+    for path in ("/api/me", "/api/summary", "/api/recent", "/plot.png", "/metrics"):
+        r = httpx.get(gateway.http + path, headers=headers)
+        assert r.status_code == 401, (path, r.text)
+
+
+def test_a_token_works_as_header_query_or_cookie(gateway: Gateway) -> None:
+    t = token("alice", admin=True)
+    by_header = httpx.get(gateway.http + "/api/me", headers={"Authorization": f"Bearer {t}"})
+    assert by_header.json() == {"user": "alice", "admin": True, "connections": 0}
+    assert httpx.get(gateway.http + "/api/me", params={"token": t}).json()["user"] == "alice"
+    login = httpx.get(gateway.http + "/", params={"token": t})
+    assert login.status_code == 303
+    assert login.headers["location"] == "/"
+    cookie = login.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    jar = httpx.Cookies({"token": t})
+    page = httpx.get(gateway.http + "/", cookies=jar)
+    assert "live model errors" in page.text
+    assert httpx.get(gateway.http + "/").text.count("Access token") == 1  # the login page
+    # Tokens never reach a log line, the access log included.
+    assert t not in gateway.role.output()
+    assert "token=***" in gateway.role.output()
+
+
+def test_public_routes(gateway: Gateway) -> None:
+    health = httpx.get(gateway.http + "/healthz")
+    assert health.status_code == 200
+    assert health.json()["redis"] is True
+    assert health.json()["rabbitmq"] is True
+    assert httpx.get(gateway.http + "/static/style.css").status_code == 200
+    assert httpx.get(gateway.http + "/openapi.json").json()["info"]["title"] == "mlpulse gateway"
+
+
+async def ws_close_code(url: str, origin: str | None = None,
+                        headers: dict[str, str] | None = None) -> int | None:
+    extra = dict(headers or {})
+    async with websockets.connect(url, origin=origin, additional_headers=extra) as ws:  # type: ignore[arg-type]
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+
+
+@pytest.mark.parametrize("kind", [None, *BAD_TOKENS])
+async def test_bad_tokens_close_the_socket_with_1008(gateway: Gateway, kind: str | None) -> None:
+    url = gateway.ws if kind is None else f"{gateway.ws}?token={BAD_TOKENS[kind]()}"
+    assert await ws_close_code(url, origin=gateway.origin) == 1008
+
+
+async def test_foreign_origin_is_refused(gateway: Gateway) -> None:
+    url = f"{gateway.ws}?token={token('alice')}"
+    assert await ws_close_code(url, origin="http://evil.example") == 1008
+    async with websockets.connect(url, origin=gateway.origin) as ws:  # type: ignore[arg-type]
+        first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert first["type"] == "snapshot"
+        assert first["seq"] == 1
+        assert first["data"]["full"] is True
+
+
+async def test_connection_cap_and_rate_limit(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = start_gateway({"MLPULSE_WS_MAX_PER_USER": "2", "MLPULSE_WS_RATE": "5",
+                        "MLPULSE_WS_BURST": "5"})
+    url = f"{gw.ws}?token={token('bob')}"
+    async with websockets.connect(url) as a, websockets.connect(url) as b:
+        await a.recv()
+        await b.recv()
+        assert await ws_close_code(url) == 1008  # a third socket for bob
+        for _ in range(20):
+            await a.send('{"type":"ping"}')
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(a.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+        assert "rate" in closed.value.rcvd.reason
+    # Oversized frames are refused by the server's frame limit.
+    async with websockets.connect(url) as c:
+        await c.recv()
+        await c.send("x" * 200_000)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(c.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
