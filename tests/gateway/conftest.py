@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pytest
+import websockets
 
 from mlpulse.gateway.auth import issue_token
 from tests.conftest import Env, Role
@@ -69,3 +72,14 @@ def publish_event(env: Env, routing_key: str, doc: bytes) -> None:
     ch.exchange_declare("mlpulse.events", exchange_type="topic", durable=True)
     ch.basic_publish("mlpulse.events", routing_key, doc)
     conn.close()
+
+
+async def close_of(ws: Any, seconds: float = 10) -> tuple[int | None, str]:
+    """Read until the server closes the socket; its close code and reason."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), seconds)
+    except websockets.ConnectionClosed as closed:
+        if closed.rcvd is None:
+            return None, ""
+        return closed.rcvd.code, closed.rcvd.reason
