@@ -1,0 +1,111 @@
+"""The dashboard in a real headless Chromium, with the whole pipeline running."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import Env, Role, wait_until
+from tests.gateway.conftest import Gateway, token
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium package")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def number(page: Page, element_id: str) -> float | None:
+    value = page.get_attribute(f"#{element_id}", "data-value")
+    return float(value) if value else None
+
+
+def canvas_pixels(page: Page, element_id: str) -> str:
+    return str(page.evaluate(f"document.getElementById('{element_id}').toDataURL()"))
+
+
+def test_live_dashboard_follows_the_stream(env: Env, spawn: Callable[..., Role],
+                                           start_gateway: Callable[..., Gateway],
+                                           browser: Browser) -> None:
+    spawn("model")
+    spawn("metric")
+    spawn("plot", extra={"MLPULSE_PLOT_INTERVAL": "1"})
+    gw = start_gateway()
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    page.goto(f"{gw.http}/?token={token('alice')}")
+    assert page.url == f"{gw.http}/", "the token should leave the address bar"
+    page.wait_for_selector("#conn[data-state=live]")
+    assert page.text_content("#who") == "alice"
+
+    total = 2500
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "mlpulse", "produce", "--count", str(total), "--rate", "500"],
+        env={**os.environ, **env.vars}, cwd=env.root, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        page.wait_for_function("() => Number(document.getElementById('m-count').dataset.value) > 0")
+        first_count = number(page, "m-count")
+        first_hist = canvas_pixels(page, "hist")
+        page.wait_for_function(
+            f"() => Number(document.getElementById('m-count').dataset.value) > {first_count}")
+        wait_until(lambda: canvas_pixels(page, "hist") != first_hist, what="histogram redrawn")
+        assert number(page, "m-mae") is not None
+        assert page.locator("#recent tr").count() > 0
+        assert producer.wait(60) == 0
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+    wait_until(lambda: env.row_count() == total, what=f"every row logged ({env.row_count()})")
+    # Once events stop, the page and the socket's snapshot agree with Redis exactly.
+    page.wait_for_function(
+        f"() => Number(document.getElementById('m-count').dataset.value) === {total}")
+    snapshot = page.evaluate("window.mlpulse.snapshot.summary")
+    r = env.redis()
+    agg = {k.decode(): v.decode() for k, v in r.hgetall("mlpulse:agg").items()}
+    r.close()
+    assert snapshot["count"] == int(agg["count"]) == total
+    assert snapshot["rejected"] == int(agg.get("rejected", 0))
+    assert snapshot["unmatched"] == int(agg.get("unmatched_t", 0)) + int(agg.get("unmatched_p", 0))
+    assert abs(snapshot["mae"] - float(agg["sum_abs"]) / total) < 1e-9
+    assert page.evaluate("window.mlpulse.gaps") == 0
+    page.wait_for_function("() => document.getElementById('plot').src.includes('/plot.png')")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    # The server goes away: the page says so, and recovers when it is back.
+    assert gw.role.stop() == 0
+    page.wait_for_selector("#conn[data-state=offline]")
+    assert "retrying" in (page.text_content("#conn") or "")
+    spawn("gateway", extra={"MLPULSE_HTTP_PORT": str(gw.port)}, ready=r"ready: http")
+    page.wait_for_selector("#conn[data-state=live]", timeout=30_000)
+    page.wait_for_function(
+        f"() => Number(document.getElementById('m-count').dataset.value) === {total}")
+    page.close()
+
+
+def test_login_page_without_a_token(gateway: Gateway, browser: Browser) -> None:
+    page = browser.new_page()
+    page.goto(gateway.http + "/")
+    page.wait_for_selector("textarea#token")
+    page.fill("textarea#token", token("erin"))
+    page.click("button[type=submit]")
+    page.wait_for_selector("#conn[data-state=live]")
+    assert page.text_content("#who") == "erin"
+    page.close()
