@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -190,8 +189,9 @@ class BatchConsumer:
         """Consume until `stop` is set, then finish the batches in hand and return.
 
         Up to `depth` batches are processed at once, so one batch's round trips (a
-        publish confirm, a Redis call) overlap the next one's work; acks still go out in
-        delivery order, because a `multiple` ack covers every earlier delivery.
+        publish confirm, a Redis call) overlap the next one's work. A separate task acks
+        them in delivery order as each finishes, because a `multiple` ack covers every
+        earlier delivery; it never waits for more messages to arrive first.
         """
         await self.channel.set_qos(prefetch_count=self.prefetch)
         consumers = []
@@ -199,39 +199,52 @@ class BatchConsumer:
             queue = await self.channel.declare_queue(name, durable=True)
             consumers.append((queue, await queue.consume(self.inbox.put)))
         log.info("ready: consuming %s", ", ".join(self.queues))
+        slots = asyncio.Semaphore(self.depth)
+        order: asyncio.Queue[tuple[asyncio.Task[bool], list[AbstractIncomingMessage]] | None]
+        order = asyncio.Queue()
+        acker = asyncio.create_task(self._ack_in_order(order, slots))
         stopping = asyncio.create_task(stop.wait())
-        inflight: deque[tuple[asyncio.Task[bool], list[AbstractIncomingMessage]]] = deque()
         try:
             while True:
-                batch = await self._gather(stopping)
+                await slots.acquire()
+                # The acker only ends early on a bug; then stop taking work and raise it.
+                batch = None if acker.done() else await self._gather(stopping, acker)
                 if batch is None:
+                    slots.release()
                     break
-                inflight.append((asyncio.create_task(self._process(batch, stop)), batch))
-                await self._settle(inflight, limit=self.depth - 1)
+                order.put_nowait((asyncio.create_task(self._process(batch, stop)), batch))
         finally:
             stopping.cancel()
-            await self._settle(inflight, limit=0)
+            order.put_nowait(None)
+            await acker
             for queue, tag in consumers:
                 try:
                     await queue.cancel(tag)
                 except TRANSIENT_ERRORS as exc:
                     log.debug("cancel of %s failed: %s", queue.name, exc)
 
-    async def _settle(self, inflight: deque[tuple[asyncio.Task[bool],
-                                                   list[AbstractIncomingMessage]]],
-                      limit: int) -> None:
-        """Ack finished batches in order, waiting for the oldest while over `limit`."""
-        while inflight and (inflight[0][0].done() or len(inflight) > limit):
-            task, batch = inflight.popleft()
-            if await task and not self.unacked_gap:
-                await ack_batch(batch)
-            else:
-                # Left for redelivery: a later `multiple` ack would cover it, so none follow.
-                self.unacked_gap = True
+    async def _ack_in_order(
+        self,
+        order: asyncio.Queue[tuple[asyncio.Task[bool], list[AbstractIncomingMessage]] | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        """Ack each batch once it and every batch before it are done."""
+        while (item := await order.get()) is not None:
+            task, batch = item
+            try:
+                if await task and not self.unacked_gap:
+                    await ack_batch(batch)
+                else:
+                    # Left for redelivery: a later `multiple` ack would cover it, so none
+                    # follow; closing the channel returns them all to the queue.
+                    self.unacked_gap = True
+            finally:
+                slots.release()
 
-    async def _gather(self, stopping: asyncio.Task[Any]) -> list[AbstractIncomingMessage] | None:
+    async def _gather(self, stopping: asyncio.Task[Any],
+                      acker: asyncio.Task[None]) -> list[AbstractIncomingMessage] | None:
         getter = asyncio.ensure_future(self.inbox.get())
-        await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({getter, stopping, acker}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
             return None

@@ -37,7 +37,11 @@ def _script(name: str) -> str:
 async def connect_redis(settings: Settings) -> Redis:
     """A client with the server's answer checked once, or one clear error."""
     url = str(settings.redis_url)
-    client: Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    # A bounded pool where callers wait for a connection: a burst of work (thousands of
+    # sockets connecting at once) queues up instead of failing with "too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=20, socket_connect_timeout=5, health_check_interval=30)
+    client: Redis = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
     try:
         await client.ping()
     except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:

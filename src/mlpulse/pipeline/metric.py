@@ -62,6 +62,10 @@ class LiveUpdates:
         self.seen = version
 
 
+def _failed(task: asyncio.Task[None]) -> bool:
+    return not task.cancelled() and task.exception() is not None
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the metric role until `stop` is set, then drain the outbox into the log."""
     connection = await connect(settings, "metric")
@@ -86,15 +90,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             asyncio.create_task(_every(settings.publish_interval, stop, live.publish_if_changed,
                                        "live update"), name="live"),
         ]
+        for task in background:
+            # A background task that fails stops the role instead of leaving it half-alive.
+            task.add_done_callback(lambda t: stop.set() if _failed(t) else None)
         consumer = BatchConsumer(channel, [Y_TRUE, Y_PRED], joiner.handle, settings=settings)
-        consuming = asyncio.create_task(consumer.run(stop), name="consume")
-        done, _ = await asyncio.wait([consuming, *background],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if consuming not in done:
-            # A background task ended before the stop: surface its error, stop the rest.
-            stop.set()
+        # The consumer returns once the stop is set and its batches are stored and acked;
+        # only then may the sink drain the outbox and finish, so nothing joined is left out.
+        await consumer.run(stop)
         finish.set()
-        await asyncio.gather(consuming, *background)
+        await asyncio.gather(*background)
     finally:
         finish.set()
         await redis.aclose()
