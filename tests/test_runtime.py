@@ -32,6 +32,7 @@ ROLES = ("model", "metric", "plot")
 STOP_BOUND = 20.0
 # The plot role redraws this often in these tests, so a SIGTERM can land mid-drawing.
 FAST_PLOT = {"MLPULSE_PLOT_INTERVAL": "0.2"}
+SMALL_BATCHES = {"MLPULSE_PREFETCH": "100", "MLPULSE_BATCH_EVENTS": "50"}
 
 
 def stop_within_bound(role: Role) -> float:
@@ -96,7 +97,8 @@ def test_sigterm_while_catching_up_on_a_backlog_loses_nothing(
     roles = {r: spawn(r) for r in ("model", "metric") if r != name}
     total = 6000
     run = run_of(produce(env, "--count", str(total), "--batch", "1", "--rate", "0"))
-    roles[name] = spawn(name)
+    # Small batches keep the catch-up slow enough that the stop lands in the middle of it.
+    roles[name] = spawn(name, extra=SMALL_BATCHES)
     poll(lambda: env.row_count() >= 500, what="the catch-up to start")
     stop_within_bound(roles[name])
     logged = env.row_count()

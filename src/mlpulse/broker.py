@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,8 +16,8 @@ import aiormq.exceptions
 import redis.exceptions
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractIncomingMessage,
-    AbstractRobustConnection,
     DeliveryMode,
 )
 from pamqp import commands as amqp_spec
@@ -51,8 +52,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 Handler = Callable[[list[AbstractIncomingMessage]], Awaitable[None]]
 
 
-async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
-    """A self-healing connection named after the role, or one clear error."""
+class BrokerLost(Exception):
+    """The connection to RabbitMQ went away; the caller reconnects."""
+
+
+async def connect(settings: Settings, role: str, *, robust: bool = True) -> AbstractConnection:
+    """A connection named after the role (self-healing when `robust`), or one clear error."""
     url = str(settings.amqp_url)
     # The client logs a failed first attempt as an error of its own; the one line below
     # says the same thing with what to do about it.
@@ -60,7 +65,8 @@ async def connect(settings: Settings, role: str) -> AbstractRobustConnection:
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        return await aio_pika.connect_robust(
+        opener = aio_pika.connect_robust if robust else aio_pika.connect
+        return await opener(
             url, client_properties={"connection_name": f"mlpulse-{role}"}, timeout=10
         )
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -181,6 +187,7 @@ class BatchConsumer:
         self.prefetch = settings.prefetch
         self.depth = settings.pipeline_depth
         self.unacked_gap = False
+        self.lost = asyncio.Event()
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.on_internal_error: Callable[[AbstractIncomingMessage, Exception], Awaitable[None]]
         self.on_internal_error = self._drop_poison
@@ -199,29 +206,34 @@ class BatchConsumer:
             queue = await self.channel.declare_queue(name, durable=True)
             consumers.append((queue, await queue.consume(self.inbox.put)))
         log.info("ready: consuming %s", ", ".join(self.queues))
+        self.channel.close_callbacks.add(lambda *_: self.lost.set())
         slots = asyncio.Semaphore(self.depth)
         order: asyncio.Queue[tuple[asyncio.Task[bool], list[AbstractIncomingMessage]] | None]
         order = asyncio.Queue()
         acker = asyncio.create_task(self._ack_in_order(order, slots))
-        stopping = asyncio.create_task(stop.wait())
+        ending = asyncio.create_task(_first_of(stop, self.lost))
         try:
             while True:
                 await slots.acquire()
                 # The acker only ends early on a bug; then stop taking work and raise it.
-                batch = None if acker.done() else await self._gather(stopping, acker)
+                lost = acker.done() or self.lost.is_set()
+                batch = None if lost else await self._gather(ending, acker)
                 if batch is None:
                     slots.release()
                     break
                 order.put_nowait((asyncio.create_task(self._process(batch, stop)), batch))
         finally:
-            stopping.cancel()
+            ending.cancel()
             order.put_nowait(None)
             await acker
-            for queue, tag in consumers:
-                try:
-                    await queue.cancel(tag)
-                except TRANSIENT_ERRORS as exc:
-                    log.debug("cancel of %s failed: %s", queue.name, exc)
+            if not self.lost.is_set():
+                for queue, tag in consumers:
+                    try:
+                        await queue.cancel(tag)
+                    except TRANSIENT_ERRORS as exc:
+                        log.debug("cancel of %s failed: %s", queue.name, exc)
+        if self.lost.is_set() and not stop.is_set():
+            raise BrokerLost("the channel closed under the consumer")
 
     async def _ack_in_order(
         self,
@@ -267,7 +279,7 @@ class BatchConsumer:
                 await self._handle(batch)
                 break
             except TRANSIENT_ERRORS as exc:
-                if stop.is_set():
+                if stop.is_set() or self.lost.is_set():
                     log.warning("stopping with a batch unfinished (%s); it comes back", exc)
                     return False
                 log.warning("transient error, retrying the batch in %.1fs: %r", delay, exc)
@@ -296,3 +308,54 @@ class BatchConsumer:
         reason = f"internal error while processing: {exc.__class__.__name__}: {exc}"
         await dead_letter(self.channel, msg.routing_key or "?", [Rejected("internal", reason,
                                                                            msg.body)])
+
+
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (BrokerLost, *TRANSIENT_ERRORS)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def consume_until_stopped(
+    settings: Settings,
+    role: str,
+    stop: asyncio.Event,
+    on_channel: Callable[[AbstractChannel], Awaitable[BatchConsumer]],
+) -> None:
+    """Connect, let the role build its consumer on a fresh channel, consume; after a
+    broker outage, connect again. Unacked messages of a lost channel come back by
+    themselves and are recognised as duplicates downstream."""
+    delay, first = 1.0, True
+    while not stop.is_set():
+        try:
+            connection = await connect(settings, role, robust=False)
+        except ServiceUnavailable:
+            if first:
+                raise
+            log.warning("RabbitMQ still unreachable; next try in %.0fs", delay)
+            await _wait(stop, delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        first = False
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await declare_topology(channel)
+            consumer = await on_channel(channel)
+            await consumer.run(stop)
+            delay = 1.0
+        except RECONNECT_ERRORS as exc:
+            log.warning("lost RabbitMQ (%r); reconnecting", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

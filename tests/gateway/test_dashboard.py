@@ -22,6 +22,8 @@ ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if CHROMIUM is None:
+        if os.environ.get("MLPULSE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("needs Debian's chromium package")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=[

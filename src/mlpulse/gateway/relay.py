@@ -9,7 +9,7 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from prometheus_client import Counter, Histogram
 
 from mlpulse.broker import connect
@@ -47,7 +47,7 @@ class Relay:
         self.hub = hub
         self.redis = redis
         self.ready = asyncio.Event()
-        self.connection: AbstractRobustConnection | None = None
+        self.connection: AbstractConnection | None = None
 
     def connected(self) -> bool:
         """Whether the relay's broker connection is up right now."""

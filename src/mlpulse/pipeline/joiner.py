@@ -33,12 +33,11 @@ def _version(event: Event) -> str:
 class Joiner:
     """Handles batches from y_true and y_pred; acking is left to the consumer."""
 
-    def __init__(self, channel: AbstractChannel, redis: Redis, settings: Settings) -> None:
+    def __init__(self, channel: AbstractChannel | None, redis: Redis, settings: Settings) -> None:
         self.channel = channel
         self.redis = redis
         self.store = JoinStore(redis, settings)
         self.max_bytes = settings.max_message_bytes
-        self.changed = True
 
     async def handle(self, batch: list[AbstractIncomingMessage]) -> None:
         """Store or complete every half in the batch, then dead-letter what was bad."""
@@ -58,6 +57,6 @@ class Joiner:
                 log.info("batch of %d halves: %d joined, %d duplicates, %d conflicts",
                          len(halves), outcome.joined, outcome.duplicates, outcome.conflicts)
         for queue, bad in rejected.items():
+            assert self.channel is not None, "the consumer sets the channel before delivering"
             await dead_letter(self.channel, queue, bad)
             await count_rejected(self.redis, Counter(r.code for r in bad))
-        self.changed = True

@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from mlpulse.broker import TRANSIENT_ERRORS, BatchConsumer, connect, declare_topology
+from mlpulse.broker import TRANSIENT_ERRORS, BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
@@ -30,6 +30,8 @@ async def _every(seconds: float, stop: asyncio.Event, step: Callable[[], Awaitab
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
+        if stop.is_set():
+            return
         try:
             await step()
         except TRANSIENT_ERRORS as exc:
@@ -39,7 +41,7 @@ async def _every(seconds: float, stop: asyncio.Event, step: Callable[[], Awaitab
 class LiveUpdates:
     """Publishes a compact summary to `mlpulse.events` when the aggregates have changed."""
 
-    def __init__(self, channel: AbstractChannel, redis: Redis) -> None:
+    def __init__(self, channel: AbstractChannel | None, redis: Redis) -> None:
         self.channel = channel
         self.redis = redis
         self.seen: Any = None
@@ -47,18 +49,25 @@ class LiveUpdates:
     async def publish_if_changed(self) -> None:
         """One read of the version key; a summary only when it moved."""
         version = await self.redis.get(VERSION)
-        if version is None or version == self.seen:
+        channel = self.channel
+        if version is None or version == self.seen or channel is None or channel.is_closed:
             return
         summary = await read_summary(self.redis)
         width, counts = await read_histogram(self.redis)
         summary["histogram"] = {"bin_width": width, "counts": counts}
         summary["version"] = int(version)
         envelope = {"type": "metrics", "ts": time.time(), "data": summary}
-        exchange = await self.channel.get_exchange(EVENTS_EXCHANGE)
-        await exchange.publish(
-            aio_pika.Message(encode(envelope), content_type="application/json"),
-            routing_key="broadcast", mandatory=False,
-        )
+        try:
+            exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+            await exchange.publish(
+                aio_pika.Message(encode(envelope), content_type="application/json"),
+                routing_key="broadcast", mandatory=False,
+            )
+        except Exception as exc:
+            # A live update is best effort and the next one supersedes it; the client
+            # library raises a bare Exception when the channel closes mid-call.
+            log.warning("live update not sent (%r); the next one follows", exc)
+            return
         self.seen = version
 
 
@@ -67,39 +76,44 @@ def _failed(task: asyncio.Task[None]) -> bool:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the metric role until `stop` is set, then drain the outbox into the log."""
-    connection = await connect(settings, "metric")
+    """Run the metric role until `stop` is set, then drain the outbox into the log.
+
+    The sink, the sweeper and the live updates live as long as the process; only the
+    consumer is rebuilt when RabbitMQ goes away and comes back.
+    """
     redis = await connect_redis(settings)
     finish = asyncio.Event()
+    joiner = Joiner(None, redis, settings)
+    live = LiveUpdates(None, redis)
+    sink = CsvSink(settings.metric_log, redis)
+    store = JoinStore(redis, settings)
+
+    async def sweep() -> None:
+        expired = await store.sweep(time.time())
+        if expired:
+            log.info("%d pending halves expired unmatched", expired)
+
+    async def on_channel(channel: AbstractChannel) -> BatchConsumer:
+        joiner.channel = live.channel = channel
+        return BatchConsumer(channel, [Y_TRUE, Y_PRED], joiner.handle, settings=settings)
+
+    background = [
+        asyncio.create_task(sink.run(stop, finish), name="sink"),
+        asyncio.create_task(_every(SWEEP_SECONDS, stop, sweep, "sweep"), name="sweep"),
+        asyncio.create_task(_every(settings.publish_interval, stop, live.publish_if_changed,
+                                   "live update"), name="live"),
+    ]
+    for task in background:
+        # A background task that fails stops the role instead of leaving it half-alive.
+        task.add_done_callback(lambda t: stop.set() if _failed(t) else None)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel)
-        joiner = Joiner(channel, redis, settings)
-        sink = CsvSink(settings.metric_log, redis)
-        store = JoinStore(redis, settings)
-        live = LiveUpdates(await connection.channel(publisher_confirms=False), redis)
-
-        async def sweep() -> None:
-            expired = await store.sweep(time.time())
-            if expired:
-                log.info("%d pending halves expired unmatched", expired)
-
-        background = [
-            asyncio.create_task(sink.run(stop, finish), name="sink"),
-            asyncio.create_task(_every(SWEEP_SECONDS, stop, sweep, "sweep"), name="sweep"),
-            asyncio.create_task(_every(settings.publish_interval, stop, live.publish_if_changed,
-                                       "live update"), name="live"),
-        ]
-        for task in background:
-            # A background task that fails stops the role instead of leaving it half-alive.
-            task.add_done_callback(lambda t: stop.set() if _failed(t) else None)
-        consumer = BatchConsumer(channel, [Y_TRUE, Y_PRED], joiner.handle, settings=settings)
         # The consumer returns once the stop is set and its batches are stored and acked;
         # only then may the sink drain the outbox and finish, so nothing joined is left out.
-        await consumer.run(stop)
+        await consume_until_stopped(settings, "metric", stop, on_channel)
         finish.set()
         await asyncio.gather(*background)
     finally:
         finish.set()
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
         await redis.aclose()
-        await connection.close()

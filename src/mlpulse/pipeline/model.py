@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from mlpulse.broker import BatchConsumer, connect, dead_letter, declare_topology, publish_many
+from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
 from mlpulse.ml.registry import LoadedModel, ensure_model, load, versions
 from mlpulse.store import Redis, connect_redis, count_rejected
@@ -73,23 +73,28 @@ def _prediction(event: Event, value: float, version: str) -> dict[str, Any]:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the model role until `stop` is set."""
-    connection = await connect(settings, "model")
+    """Run the model role until `stop` is set, reconnecting after a broker outage."""
     redis = await connect_redis(settings)
+    predictor: Predictor | None = None
+    watcher: asyncio.Task[None] | None = None
+
+    async def on_channel(channel: AbstractChannel) -> BatchConsumer:
+        nonlocal predictor, watcher
+        if predictor is None:
+            # The queues are declared by now: features published while the model trains
+            # wait in a durable queue.
+            model = await asyncio.to_thread(ensure_model, settings.models_dir)
+            log.info("model %s loaded (%d features)", model.version, model.n_features)
+            predictor = Predictor(channel, redis, model, settings)
+            watcher = asyncio.create_task(predictor.follow_registry(stop))
+        predictor.channel = channel
+        return BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings)
+
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        # Declare first: features published while the model trains wait in a durable queue.
-        await declare_topology(channel)
-        model = await asyncio.to_thread(ensure_model, settings.models_dir)
-        log.info("model %s loaded (%d features)", model.version, model.n_features)
-        predictor = Predictor(channel, redis, model, settings)
-        watcher = asyncio.create_task(predictor.follow_registry(stop))
-        try:
-            await BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings).run(stop)
-        finally:
+        await consume_until_stopped(settings, "model", stop, on_channel)
+    finally:
+        if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-    finally:
         await redis.aclose()
-        await connection.close()
