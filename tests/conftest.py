@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,13 @@ def _ensure_vhost() -> str:
 def amqp_url() -> str:
     vhost = _ensure_vhost()
     return "amqp://guest:guest@localhost:5672/" + ("%2F" if vhost == "/" else vhost)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:

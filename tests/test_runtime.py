@@ -13,7 +13,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.conftest import Env, Role, produce, wait_until
+from tests.conftest import Env, Role, free_port, produce, wait_until
 from tests.pipeline.test_crash import (
     agg_count,
     assert_log_exact,
@@ -28,6 +28,7 @@ from tests.pipeline.test_crash import (
 )
 
 ROLES = ("model", "metric", "plot")
+UP_ROLES = (*ROLES, "gateway")
 # A role must be gone this soon after SIGTERM, even with a stream flowing.
 STOP_BOUND = 20.0
 # The plot role redraws this often in these tests, so a SIGTERM can land mid-drawing.
@@ -154,27 +155,29 @@ def _alive(proc: psutil.Process) -> bool:
 
 def test_up_restarts_a_killed_child_and_stops_every_child_on_sigterm(
         env: Env, spawn: Callable[..., Role]) -> None:
-    up = spawn("up", "--no-producer", ready=None)
-    for label in ("model  | ", "metric | ", "plot   | "):
-        up.wait_for("^" + re.escape(label) + ".*ready")
+    port = free_port()
+    up = spawn("up", "--no-producer", ready=None,
+               extra={"MLPULSE_HTTP_PORT": str(port), "MLPULSE_SECRET": "s" * 40})
+    for name in UP_ROLES:
+        up.wait_for("^" + re.escape(f"{name:<7} | ") + ".*ready")
     me = psutil.Process(up.proc.pid)
     seen = me.children()
     try:
         children = {_role_of(p): p for p in seen}
-        assert set(children) == set(ROLES)
+        assert set(children) == set(UP_ROLES)
 
         mark = len(up.lines)
         killed = children["metric"]
         killed.kill()
         killed.wait(10)
         up.wait_for(r"metric exited with code -9", start=mark)
-        up.wait_for(r"^metric \| .*ready", start=mark)
+        up.wait_for(r"^metric  \| .*ready", start=mark)
         now = me.children()
         seen += now
         again = [p for p in now if _role_of(p) == "metric"]
         assert len(again) == 1
         assert again[0].pid != killed.pid
-        assert {_role_of(p) for p in now} == set(ROLES)
+        assert {_role_of(p) for p in now} == set(UP_ROLES)
 
         # The new metric does the work: a short stream is logged exactly once.
         run = run_of(produce(env, "--count", "200", "--batch", "50", "--rate", "0"))
@@ -186,8 +189,8 @@ def test_up_restarts_a_killed_child_and_stops_every_child_on_sigterm(
         left = [p for p in seen if _alive(p)]
         assert not left, f"children still running after the supervisor: {left}"
         output = up.output()
-        for name in ROLES:
-            assert re.search(rf"^{name:<6} \| .*{name} stopped", output, re.M), output
+        for name in UP_ROLES:
+            assert re.search(rf"^{name:<7} \| .*{name} stopped", output, re.M), output
         assert "did not stop" not in output
     finally:
         for p in seen:

@@ -203,16 +203,18 @@ def dead_purge(ctx: click.Context) -> None:
     click.echo(f"{asyncio.run(purge(_settings(ctx.find_root())))} dropped")
 
 
-PIPELINE_ROLES = ("model", "metric", "plot")
+PIPELINE_ROLES = ("model", "metric", "plot", "gateway")
+# Several gateways would share one port; scale those behind a load balancer instead.
+SCALABLE_ROLES = ("model", "metric", "plot")
 
 
 def _parse_scale(text: str) -> dict[str, int]:
     scale: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         role, _, n = part.partition("=")
-        if role not in PIPELINE_ROLES or not n.isdigit() or int(n) < 1:
+        if role not in SCALABLE_ROLES or not n.isdigit() or int(n) < 1:
             raise click.BadParameter(f"{part!r}: expected ROLE=N with ROLE in "
-                                     f"{', '.join(PIPELINE_ROLES)}", param_hint="--scale")
+                                     f"{', '.join(SCALABLE_ROLES)}", param_hint="--scale")
         scale[role] = int(n)
     return scale
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,15 +12,9 @@ import pytest
 import websockets
 
 from mlpulse.gateway.auth import issue_token
-from tests.conftest import Env, Role
+from tests.conftest import Env, Role, free_port
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

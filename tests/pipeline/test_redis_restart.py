@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,15 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Env, Role, produce, wait_until
+from tests.conftest import Env, Role, free_port, produce, wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:
