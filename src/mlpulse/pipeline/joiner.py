@@ -8,7 +8,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+from aiormq.abc import DeliveredMessage
 
 from mlpulse.broker import dead_letter
 from mlpulse.config import Settings
@@ -39,7 +40,7 @@ class Joiner:
         self.store = JoinStore(redis, settings)
         self.max_bytes = settings.max_message_bytes
 
-    async def handle(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def handle(self, batch: list[DeliveredMessage]) -> None:
         """Store or complete every half in the batch, then dead-letter what was bad."""
         halves: list[list[Any]] = []
         rejected: dict[str, list[Rejected]] = {}

@@ -9,7 +9,8 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+from aiormq.abc import DeliveredMessage
 
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
@@ -34,7 +35,7 @@ class Predictor:
         self.model = model
         self.settings = settings
 
-    async def handle(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def handle(self, batch: list[DeliveredMessage]) -> None:
         """Decode, predict, publish and wait for the broker's confirms; the caller acks."""
         model = self.model  # one version for the whole batch, even if a swap happens meanwhile
         events: list[Event] = []
