@@ -273,7 +273,7 @@ def report(rows: list[dict[str, object]], argv: list[str], seconds: float) -> st
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: nproc={os.cpu_count()}, one gateway process; clients, publisher and "
         "RabbitMQ share the same cores",
-        f"- command: `{' '.join(['python', 'bench/websockets.py', *argv])}`",
+        f"- command: `{' '.join(['python', 'bench/fanout.py', *argv])}`",
         f"- traffic: per second, one broadcast to all and one own message per user, "
         f"for {seconds:g} s", "",
         "| clients | held | deliveries/s | delivered | p50 ms | p99 ms | gateway RSS MiB "
