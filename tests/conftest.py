@@ -50,13 +50,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "",
+               interval: float = 0.05) -> None:
     """Poll a condition that has no event to await (a file growing, a counter moving)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 @dataclass
@@ -201,6 +202,17 @@ def spawn(env: Env) -> Iterator[Callable[..., Role]]:
             role.proc.kill()
             role.proc.wait(10)
         role.close()
+
+
+def assert_logged_once(env: Env, total: int) -> None:
+    """`total` rows, no id twice, and Redis counts exactly what the log holds."""
+    ids = [r["id"] for r in env.rows()]
+    assert len(ids) == len(set(ids)) == total
+    client = env.redis()
+    try:
+        assert int(client.hget("mlpulse:agg", "count") or 0) == total
+    finally:
+        client.close()
 
 
 def produce(env: Env, *args: str, extra: dict[str, str] | None = None) -> str:

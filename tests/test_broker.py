@@ -9,9 +9,8 @@ import sys
 from collections.abc import Callable
 
 import pytest
-import redis
 
-from tests.conftest import Env, Role, wait_until
+from tests.conftest import Env, Role, assert_logged_once, wait_until
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
@@ -47,11 +46,7 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
         if producer.stderr:
             producer.stderr.close()
     wait_until(lambda: env.row_count() >= total, timeout=90, what=f"{total} rows")
-    ids = [r["id"] for r in env.rows()]
-    assert len(ids) == len(set(ids)) == total
-    client = redis.Redis.from_url(env.redis_url)
-    assert int(client.hget("mlpulse:agg", "count")) == total
-    client.close()
+    assert_logged_once(env, total)
     for role in (model, metric):
         assert role.proc.poll() is None, "a role should reconnect, not die"
         assert "reconnecting" in role.output()

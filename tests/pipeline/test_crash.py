@@ -10,7 +10,6 @@ import csv
 import re
 import shutil
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -176,37 +175,21 @@ def crash_rounds(env: Env, spawn: Callable[..., Role], name: str, role: Role,
     return role
 
 
-def test_kill_9_of_metric_mid_stream_loses_and_duplicates_nothing(
-        env: Env, spawn: Callable[..., Role]) -> None:
-    model = spawn("model")
-    metric = spawn("metric")
-    producer, run = start_stream(spawn, TOTAL)
-    metric = crash_rounds(env, spawn, "metric", metric, TOTAL)
-    finish_stream(env, producer, TOTAL)
-    stop_all(model, metric)
-    assert_log_exact(env, ids_of(run, TOTAL))
-    assert_nothing_left(env)
-
-
-def test_kill_9_of_model_mid_stream_loses_and_duplicates_nothing(
-        env: Env, spawn: Callable[..., Role]) -> None:
-    model = spawn("model")
-    metric = spawn("metric")
-    producer, run = start_stream(spawn, TOTAL)
-    model = crash_rounds(env, spawn, "model", model, TOTAL)
-    finish_stream(env, producer, TOTAL)
-    stop_all(model, metric)
-    assert_log_exact(env, ids_of(run, TOTAL))
-    assert_nothing_left(env)
-
-
 def poll(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
     """A fine-grained `wait_until`, for moments that last a fraction of a second."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
+    wait_until(predicate, timeout, what, interval=0.002)
+
+
+@pytest.mark.parametrize("name", ["metric", "model"])
+def test_kill_9_mid_stream_loses_and_duplicates_nothing(
+        env: Env, spawn: Callable[..., Role], name: str) -> None:
+    roles = {"model": spawn("model"), "metric": spawn("metric")}
+    producer, run = start_stream(spawn, TOTAL)
+    roles[name] = crash_rounds(env, spawn, name, roles[name], TOTAL)
+    finish_stream(env, producer, TOTAL)
+    stop_all(roles["model"], roles["metric"])
+    assert_log_exact(env, ids_of(run, TOTAL))
+    assert_nothing_left(env)
 
 
 @pytest.mark.parametrize(

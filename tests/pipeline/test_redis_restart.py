@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import Env, Role, free_port, produce, wait_until
+from tests.conftest import Env, Role, assert_logged_once, free_port, produce, wait_until
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -79,11 +79,7 @@ def test_kill_9_of_a_persisting_redis_loses_and_repeats_nothing(
     assert producer.wait(120) == 0
     producer.stderr.close()  # type: ignore[union-attr]
     wait_until(lambda: env.row_count() >= total, timeout=90, what=f"{total} rows")
-    ids = [r["id"] for r in env.rows()]
-    assert len(ids) == len(set(ids)) == total
-    client = redis.Redis.from_url(env.redis_url)
-    assert int(client.hget("mlpulse:agg", "count")) == total
-    client.close()
+    assert_logged_once(env, total)
     # The pipeline carries on as before.
     produce(env, "--count", "1", "--rate", "0")
     wait_until(lambda: env.row_count() == total + 1, what="one more row")
