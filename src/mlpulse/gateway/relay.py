@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection
+from aiormq.abc import DeliveredMessage
 from prometheus_client import Counter, Histogram
 
-from mlpulse.broker import connect
+from mlpulse.broker import TRANSIENT_ERRORS, connect
 from mlpulse.config import Settings
+from mlpulse.errors import ServiceUnavailable
 from mlpulse.gateway.auth import USER_NAME
 from mlpulse.gateway.hub import Hub
 from mlpulse.store import PREFIX, Redis
@@ -53,7 +56,7 @@ class Relay:
         """Whether the relay's broker connection is up right now."""
         return self.connection is not None and not self.connection.is_closed
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: DeliveredMessage) -> None:
         """Route one event; anything malformed is logged and skipped."""
         key = message.routing_key or ""
         try:
@@ -90,8 +93,25 @@ class Relay:
         await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop`; the robust connection re-binds after a broker restart."""
-        connection = self.connection = await connect(self.settings, "gateway")
+        """Consume until `stop`; after a broker outage, connect and bind again."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._consume(stop)
+                delay = 1.0
+            except ServiceUnavailable:
+                if not self.ready.is_set():
+                    raise
+                log.warning("relay: RabbitMQ unreachable; next try in %.0fs", delay)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("relay: lost RabbitMQ (%r); reconnecting", exc)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        connection = self.connection = await connect(self.settings, "gateway", robust=False)
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=1000)
@@ -100,9 +120,21 @@ class Relay:
             queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
             await queue.bind(exchange, "broadcast")
             await queue.bind(exchange, "user.*")
-            await queue.consume(self.on_message, no_ack=True)
+            # Deliveries go straight to routing, without a per-message wrapper object.
+            raw = await channel.get_underlay_channel()
+            await raw.basic_consume(queue.name, self.on_message, no_ack=True)
             log.info("relay: bound %s to %s", queue.name, EVENTS_EXCHANGE)
             self.ready.set()
-            await stop.wait()
+            closed = asyncio.Event()
+            channel.close_callbacks.add(lambda *_: closed.set())
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(closed.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if closed.is_set() and not stop.is_set():
+                raise ConnectionError("the relay's channel closed")
         finally:
-            await connection.close()
+            with contextlib.suppress(Exception):
+                await connection.close()
