@@ -50,6 +50,8 @@ class Relay:
         self.hub = hub
         self.redis = redis
         self.ready = asyncio.Event()
+        self.unsaved: list[tuple[str, str, float]] = []
+        self.unsaved_event = asyncio.Event()
         self.connection: AbstractConnection | None = None
 
     def connected(self) -> bool:
@@ -80,17 +82,28 @@ class Relay:
             user = key[5:]
             RELAYED.labels("user").inc()
             self.hub.send_to(user, payload)
-            await self._remember(user, payload, ts)
+            score = float(ts) if isinstance(ts, int | float) else time.time()
+            self.unsaved.append((user, payload, score))
+            self.unsaved_event.set()
 
-    async def _remember(self, user: str, payload: str, ts: Any) -> None:
-        # Every gateway sees every event; NX keeps one copy however many add it.
-        score = float(ts) if isinstance(ts, int | float) else time.time()
-        key = history_key(user)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(key, {payload: score}, nx=True)
-        pipe.zremrangebyrank(key, 0, -HISTORY_KEEP - 1)
-        pipe.expire(key, HISTORY_TTL)
-        await pipe.execute()
+    async def keep_history(self, stop: asyncio.Event) -> None:
+        """Store users' own messages in Redis, many per round trip."""
+        while not stop.is_set():
+            await self.unsaved_event.wait()
+            self.unsaved_event.clear()
+            batch, self.unsaved = self.unsaved, []
+            pipe = self.redis.pipeline(transaction=False)
+            for user, payload, score in batch:
+                # Every gateway sees every event; NX keeps one copy however many add it.
+                pipe.zadd(history_key(user), {payload: score}, nx=True)
+            for user in {u for u, _, _ in batch}:
+                pipe.zremrangebyrank(history_key(user), 0, -HISTORY_KEEP - 1)
+                pipe.expire(history_key(user), HISTORY_TTL)
+            try:
+                await pipe.execute()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("relay: %d history entries not stored (%r)", len(batch), exc)
+            await asyncio.sleep(0.05)  # gather the next burst into one round trip
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`; after a broker outage, connect and bind again."""

@@ -72,6 +72,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     tasks = {
         asyncio.create_task(relay.run(stop), name="relay"),
         asyncio.create_task(actualizer.run(stop), name="actualizer"),
+        asyncio.create_task(relay.keep_history(stop), name="history"),
     }
     try:
         await asyncio.wait_for(relay.ready.wait(), 30)
