@@ -217,8 +217,8 @@ class BatchConsumer:
             while True:
                 await slots.acquire()
                 # The acker only ends early on a bug; then stop taking work and raise it.
-                lost = acker.done() or self.lost.is_set()
-                batch = None if lost else await self._gather(ending, acker)
+                ended = acker.done() or self.lost.is_set()
+                batch = None if ended else await self._gather(ending, acker)
                 if batch is None:
                     slots.release()
                     break

@@ -85,7 +85,8 @@ class Supervisor:
             if time.monotonic() - child.started > 30:
                 delay = 1.0
             child.restarts += 1
-            log.warning("%s exited with code %s; restarting in %.0fs", child.name, code, delay)
+            log.warning("%s exited with code %s; restarting in %.0fs (restart %d)",
+                        child.name, code, delay, child.restarts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
             delay = min(delay * 2, 30.0)

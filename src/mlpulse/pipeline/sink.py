@@ -89,7 +89,6 @@ class CsvSink:
     def __init__(self, path: Path, redis: Redis) -> None:
         self.path = path
         self.redis = redis
-        self.rows_written = 0
 
     async def run(self, stop: asyncio.Event, finish: asyncio.Event) -> None:
         """Copy rows until `finish` is set and the outbox is drained (or `stop` while waiting)."""
@@ -165,7 +164,6 @@ class CsvSink:
         data = "".join(format_rows(_text(entry), fields, skip, now)
                        for entry, fields, skip in entries).encode()
         await asyncio.to_thread(_append, f, data)
-        self.rows_written += data.count(b"\n")
 
     async def _trim(self, last_id: str) -> None:
         # Everything before the last entry is on disk; the last one is kept so the
