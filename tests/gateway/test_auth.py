@@ -103,6 +103,10 @@ async def test_foreign_origin_is_refused(gateway: Gateway) -> None:
         assert first["type"] == "snapshot"
         assert first["seq"] == 1
         assert first["data"]["full"] is True
+        await ws.send('{"type": "ping"}')
+        pong = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert pong["type"] == "pong"
+        assert pong["seq"] == 2
 
 
 async def test_connection_cap_and_rate_limit(start_gateway) -> None:  # type: ignore[no-untyped-def]

@@ -94,5 +94,16 @@ async def _read(websocket: WebSocket, client: Client, gw: Gateway) -> tuple[int,
         if tokens < 1:
             return CLOSE_POLICY, "rate limit exceeded"
         tokens -= 1
-        if text.strip() == '{"type":"ping"}' or text.strip() == "ping":
+        if _is_ping(text):
             Hub.offer(client, orjson.dumps({"type": "pong", "ts": time.time()}).decode())
+
+
+def _is_ping(text: str) -> bool:
+    """`ping` or `{"type": "ping"}`; anything else a client sends is ignored."""
+    if text.strip() == "ping":
+        return True
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("type") == "ping"

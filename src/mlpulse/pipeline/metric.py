@@ -98,7 +98,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         return BatchConsumer(channel, [Y_TRUE, Y_PRED], joiner.handle, settings=settings)
 
     background = [
-        asyncio.create_task(sink.run(stop, finish), name="sink"),
+        asyncio.create_task(sink.run(finish), name="sink"),
         asyncio.create_task(_every(SWEEP_SECONDS, stop, sweep, "sweep"), name="sweep"),
         asyncio.create_task(_every(settings.publish_interval, stop, live.publish_if_changed,
                                    "live update"), name="live"),

@@ -90,8 +90,8 @@ class CsvSink:
         self.path = path
         self.redis = redis
 
-    async def run(self, stop: asyncio.Event, finish: asyncio.Event) -> None:
-        """Copy rows until `finish` is set and the outbox is drained (or `stop` while waiting)."""
+    async def run(self, finish: asyncio.Event) -> None:
+        """Copy rows until `finish` is set and the outbox is drained."""
         lock = await self._acquire(finish)
         if lock is None:
             return
