@@ -32,7 +32,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import psutil
+import uvloop
+from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VHOST = "mlpulse-bench"
@@ -52,7 +56,7 @@ class ClientStats:
     connected: int = 0
     received: int = 0
     timed: int = 0
-    held: int = 0
+    open: set[ClientConnection] = field(default_factory=set)
     lat: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,28 +77,26 @@ class ClientStats:
                 self.lat[j] = latency
 
 
-async def _hold(url: str, user: str, stats: ClientStats, stop: asyncio.Event) -> None:
+async def _hold(url: str, user: str, stats: ClientStats) -> None:
     import websockets
 
     from mlpulse.gateway.auth import issue_token
 
     tok = issue_token(SECRET.encode(), user, ttl=3600)
     try:
-        async with websockets.connect(f"{url}?token={tok}", max_size=None,
+        async with websockets.connect(f"{url}?token={tok}", max_size=None, compression=None,
                                       open_timeout=60, ping_interval=None) as ws:
             stats.connected += 1
+            stats.open.add(ws)
             stats.settle_one()
-            while not stop.is_set():
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), 1.0)
-                except TimeoutError:
-                    continue
+            async for raw in ws:
                 now = time.time()
-                msg = json.loads(raw)
+                msg = orjson.loads(raw)
                 stats.received += 1
                 if msg.get("type") in ("tick", "note"):
                     stats.record(now - msg["ts"])
-            stats.held += 1
+    except asyncio.CancelledError:
+        raise
     except Exception as exc:  # a benchmark counts failures, it does not stop
         key = type(exc).__name__
         stats.errors[key] = stats.errors.get(key, 0) + 1
@@ -107,15 +109,18 @@ async def _client_main(url: str, first: int, count: int, out: Path) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     tasks = []
     for start in range(first, first + count, 100):
-        tasks.extend(asyncio.create_task(_hold(url, f"u{i}", stats, stop))
+        tasks.extend(asyncio.create_task(_hold(url, f"u{i}", stats))
                      for i in range(start, min(start + 100, first + count)))
         await asyncio.sleep(0.05)  # let the server's accept queue drain between batches
     await stats.settled.wait()
     print(f"connected {stats.connected}", flush=True)
     await stop.wait()
-    await asyncio.gather(*tasks)
+    held = sum(1 for ws in stats.open if ws.state is State.OPEN)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     doc = {"connected": stats.connected, "received": stats.received, "timed": stats.timed,
-           "held": stats.held, "lat": stats.lat, "errors": stats.errors}
+           "held": held, "lat": stats.lat, "errors": stats.errors}
     await asyncio.to_thread(out.write_text, json.dumps(doc))
 
 
@@ -169,11 +174,11 @@ async def publish(users: int, seconds: float) -> tuple[int, float]:
         now = time.time()
         snapshot = {"type": "tick", "ts": now, "data": {"count": tick, "mae": 43.2,
                                                        "hist": list(range(40))}}
-        await raw.basic_publish(json.dumps(snapshot).encode(), exchange=ex.name,
+        await raw.basic_publish(orjson.dumps(snapshot), exchange=ex.name,
                                 routing_key="broadcast")
         sent += 1
         for u in range(users):
-            body = json.dumps({"type": "note", "ts": time.time(), "data": {"n": tick}}).encode()
+            body = orjson.dumps({"type": "note", "ts": time.time(), "data": {"n": tick}})
             await raw.basic_publish(body, exchange=ex.name, routing_key=f"user.u{u}")
             sent += 1
         delay = start + tick + 1 - time.monotonic()
@@ -218,10 +223,12 @@ def run_level(clients: int, seconds: float, procs: int) -> dict[str, object]:
             assert c.stdout is not None
             connected += int(c.stdout.readline().split()[1])
         gw_proc = psutil.Process(gateway.pid)
-        cpu_before = sum(gw_proc.cpu_times()[:2])
-        sent, elapsed = asyncio.run(publish(clients, seconds))
+        others = [psutil.Process(), *(psutil.Process(c.pid) for c in children), *_brokers()]
+        cpu_before = _cpu([gw_proc]), _cpu(others)
+        sent, elapsed = uvloop.run(publish(clients, seconds))
         time.sleep(3)  # let the last second's deliveries land before counting
-        cpu = (sum(gw_proc.cpu_times()[:2]) - cpu_before) / (elapsed + 3)
+        cpu = (_cpu([gw_proc]) - cpu_before[0]) / (elapsed + 3)
+        rest_cpu = (_cpu(others) - cpu_before[1]) / (elapsed + 3)
         for c in children:
             c.send_signal(signal.SIGTERM)
         for c in children:
@@ -252,8 +259,23 @@ def run_level(clients: int, seconds: float, procs: int) -> dict[str, object]:
         "delivered_share": received / (expected * clients) if clients else 0,
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
         "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
-        "rss_mib": sampler.peak_rss / 2**20, "gateway_cpu": cpu, "errors": errors,
+        "rss_mib": sampler.peak_rss / 2**20, "gateway_cpu": cpu, "rest_cpu": rest_cpu,
+        "errors": errors,
     }
+
+
+def _brokers() -> list[psutil.Process]:
+    """RabbitMQ's and Redis's server processes, whose CPU the load shares."""
+    return [p for p in psutil.process_iter(["name"])
+            if p.info["name"] in ("beam.smp", "redis-server")]
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += sum(p.cpu_times()[:2])
+    return total
 
 
 def _wait_port(port: int, seconds: float = 60) -> None:
@@ -271,14 +293,14 @@ def report(rows: list[dict[str, object]], argv: list[str], seconds: float) -> st
     lines = [
         "## WebSocket fan-out benchmark", "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: nproc={os.cpu_count()}, one gateway process; clients, publisher and "
-        "RabbitMQ share the same cores",
+        f"- machine: nproc={os.cpu_count()} (so {100 * (os.cpu_count() or 1)}% CPU in all), one "
+        "gateway process; clients, publisher and RabbitMQ share the same cores",
         f"- command: `{' '.join(['python', 'bench/fanout.py', *argv])}`",
         f"- traffic: per second, one broadcast to all and one own message per user, "
         f"for {seconds:g} s", "",
         "| clients | held | deliveries/s | delivered | p50 ms | p99 ms | gateway RSS MiB "
-        "| gateway CPU | client errors |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| gateway CPU | clients+publisher+broker CPU | client errors |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
         p50 = f"{r['p50_ms']:,.1f}" if r["p50_ms"] is not None else "n/a"
@@ -287,6 +309,7 @@ def report(rows: list[dict[str, object]], argv: list[str], seconds: float) -> st
             f"| {r['clients']:,} | {r['held']:,} | {r['deliveries_per_s']:,.0f} "
             f"| {100 * float(r['delivered_share']):.1f}% | {p50} | {p99} "  # type: ignore[arg-type]
             f"| {r['rss_mib']:,.0f} | {100 * float(r['gateway_cpu']):.0f}% "  # type: ignore[arg-type]
+            f"| {100 * float(r['rest_cpu']):.0f}% "  # type: ignore[arg-type]
             f"| {r['errors'] or 'none'} |")
     return "\n".join(lines) + "\n"
 
@@ -294,7 +317,7 @@ def report(rows: list[dict[str, object]], argv: list[str], seconds: float) -> st
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         url, first, count, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-        asyncio.run(_client_main(url, first, count, Path(out)))
+        uvloop.run(_client_main(url, first, count, Path(out)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1000,5000,10000")

@@ -30,6 +30,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(api.router)
     app.include_router(sockets.router)
 
+    app.add_middleware(sockets.KeepRawSend)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)

@@ -29,6 +29,7 @@ LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the 
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 HISTORY_KEEP = 50
 HISTORY_TTL = 7 * 86400
+TRIM_EVERY = 10.0  # seconds between trims of one user's history
 
 
 def history_key(user: str) -> str:
@@ -52,6 +53,7 @@ class Relay:
         self.ready = asyncio.Event()
         self.unsaved: list[tuple[str, str, float]] = []
         self.unsaved_event = asyncio.Event()
+        self.trimmed: dict[str, float] = {}
         self.connection: AbstractConnection | None = None
 
     def connected(self) -> bool:
@@ -96,9 +98,16 @@ class Relay:
             for user, payload, score in batch:
                 # Every gateway sees every event; NX keeps one copy however many add it.
                 pipe.zadd(history_key(user), {payload: score}, nx=True)
+            # Trimming and the TTL are refreshed per user now and then, not per message:
+            # a history may briefly hold a few more than HISTORY_KEEP entries.
+            now = time.monotonic()
             for user in {u for u, _, _ in batch}:
-                pipe.zremrangebyrank(history_key(user), 0, -HISTORY_KEEP - 1)
-                pipe.expire(history_key(user), HISTORY_TTL)
+                if now - self.trimmed.get(user, -TRIM_EVERY) >= TRIM_EVERY:
+                    self.trimmed[user] = now
+                    pipe.zremrangebyrank(history_key(user), 0, -HISTORY_KEEP - 1)
+                    pipe.expire(history_key(user), HISTORY_TTL)
+            if len(self.trimmed) > 100_000:
+                self.trimmed.clear()
             try:
                 await pipe.execute()
             except TRANSIENT_ERRORS as exc:

@@ -68,6 +68,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         create_app(gateway), host=settings.http_host, port=settings.http_port,
         log_config=None, lifespan="off", server_header=False,
         ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=20, ws_ping_timeout=20,
+        # Messages are small JSON serialised once for every receiver; per-connection
+        # compression would redo the work for each socket and cost more than it saves.
+        ws_per_message_deflate=False, ws="websockets-sansio",
     ))
     tasks = {
         asyncio.create_task(relay.run(stop), name="relay"),

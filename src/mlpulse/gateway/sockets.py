@@ -8,14 +8,31 @@ import time
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlpulse.gateway.auth import AuthError
 from mlpulse.gateway.deps import Gateway, gateway_of, user_of
-from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, Hub
+from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, Hub, Wire
 from mlpulse.gateway.relay import read_history
 
 CLOSE_POLICY = 1008
+RAW_SEND = "mlpulse.raw_send"
 router = APIRouter()
+
+
+class KeepRawSend:
+    """ASGI middleware: remembers the server's own `send` for WebSockets.
+
+    Starlette wraps `send` on its way to an endpoint; the hub needs the server's, to
+    write frames without a task switch per message (see `hub.Wire`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
 
 
 @router.websocket("/ws")
@@ -41,7 +58,7 @@ async def serve_socket(websocket: WebSocket, gw: Gateway) -> None:
     if gw.hub.connections_of(user.name) >= settings.ws_max_per_user:
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
-    client = gw.hub.add(websocket, user)
+    client = gw.hub.add(websocket, user, Wire.of(websocket.scope.get(RAW_SEND)))
     try:
         Hub.offer(client, gw.actualizer.full())
         for message in await read_history(gw.redis, user.name):
@@ -59,18 +76,20 @@ async def _run_client(websocket: WebSocket, client: Client, gw: Gateway) -> None
     for task in pending:
         task.cancel()
     for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, OSError,
+                                 RuntimeError):
             await task
+    # Every finished task's outcome is read here, so none is reported as unretrieved.
+    failures = {t: t.exception() for t in done if not t.cancelled()}
     if slow in done:
         await _close(websocket, CLOSE_TOO_SLOW, "too slow: outbox full")
-    elif reader in done and reader.exception() is None:
+    elif reader in done and failures[reader] is None:
         verdict = reader.result()
         if verdict is not None:
             await _close(websocket, *verdict)
-    elif pump in done and pump.exception() is not None:
-        exc = pump.exception()
-        if not isinstance(exc, WebSocketDisconnect | RuntimeError | OSError):
-            raise exc  # type: ignore[misc]
+    exc = failures.get(pump)
+    if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError | OSError):
+        raise exc
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
