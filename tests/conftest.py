@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -23,7 +24,7 @@ import redis
 # Separate values let two test runs share one machine without touching each other.
 VHOST = os.environ.get("MLPULSE_TEST_VHOST", "mlpulse-test")
 REDIS_DB = int(os.environ.get("MLPULSE_TEST_REDIS_DB", "15"))
-QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
+QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead", "mlpulse.tasks")
 
 
 def _ensure_vhost() -> str:
@@ -121,12 +122,14 @@ def env(tmp_path: Path, amqp_url: str) -> Env:
 class Role:
     """A real `python -m mlpulse ...` process whose output can be awaited line by line."""
 
-    def __init__(self, args: list[str], env: Env, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: Env, extra: dict[str, str] | None = None,
+                 module: str = "mlpulse") -> None:
         self.args = args
         full = {**os.environ, **env.vars, **(extra or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlpulse", *args], env=full, cwd=env.root,
+            [sys.executable, "-m", module, *args], env=full, cwd=env.root,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # a role's own children (a worker's pool) go with it
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -177,8 +180,9 @@ class Role:
             self.proc.stdout.close()
 
     def kill(self) -> None:
-        """SIGKILL: no chance to clean up."""
-        self.proc.kill()
+        """SIGKILL to the role and every process it started: no chance to clean up."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self.close()
 
@@ -188,9 +192,9 @@ def spawn(env: Env) -> Iterator[Callable[..., Role]]:
     """Start role processes; every one still running is stopped after the test."""
     started: list[Role] = []
 
-    def start(*args: str, extra: dict[str, str] | None = None, ready: str | None = "ready"
-              ) -> Role:
-        role = Role(list(args), env, extra)
+    def start(*args: str, extra: dict[str, str] | None = None, ready: str | None = "ready",
+              module: str = "mlpulse") -> Role:
+        role = Role(list(args), env, extra, module)
         started.append(role)
         if ready:
             role.wait_for(ready)
@@ -198,9 +202,9 @@ def spawn(env: Env) -> Iterator[Callable[..., Role]]:
 
     yield start
     for role in started:
-        if role.proc.poll() is None:
-            role.proc.kill()
-            role.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(role.proc.pid, signal.SIGKILL)
+        role.proc.wait(10)
         role.close()
 
 

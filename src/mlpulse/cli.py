@@ -68,6 +68,51 @@ def gateway(ctx: click.Context) -> None:
     _role("gateway", ctx)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Worker processes (default: one per core).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker: batch scoring, retraining, reports, label collection.
+
+    Extra arguments go to `celery worker` as they are."""
+    import os
+    import socket
+
+    from mlpulse.runtime import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings, "worker")
+    from mlpulse.tasks import app
+
+    # Workers share nothing a startup sync would bring (no revokes), so skip mingle/gossip.
+    argv = ["worker", f"--loglevel={settings.log_level}", "--without-mingle",
+            "--without-gossip", f"--hostname=mlpulse-{os.getpid()}@{socket.gethostname()}"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main([*argv, *celery_args])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def beat(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
+    """Run Celery Beat: label collection every MLPULSE_LABELS_INTERVAL seconds."""
+    from mlpulse.runtime import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings, "beat")
+    from mlpulse.tasks import app
+
+    if not settings.labels_url:
+        log.info("MLPULSE_LABELS_URL is not set: Beat has nothing to schedule yet")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--loglevel={settings.log_level}",
+               f"--schedule={settings.data_dir / 'celerybeat-schedule'}", "--pidfile=",
+               *celery_args])
+
+
 @cli.command()
 @click.option("--user", required=True, help="Who the token is for.")
 @click.option("--admin", is_flag=True, help="Allow admin actions (retrain, deploy).")
@@ -203,9 +248,10 @@ def dead_purge(ctx: click.Context) -> None:
     click.echo(f"{asyncio.run(purge(_settings(ctx.find_root())))} dropped")
 
 
-PIPELINE_ROLES = ("model", "metric", "plot", "gateway")
-# Several gateways would share one port; scale those behind a load balancer instead.
-SCALABLE_ROLES = ("model", "metric", "plot")
+PIPELINE_ROLES = ("model", "metric", "plot", "gateway", "worker", "beat")
+# Several gateways would share one port (scale those behind a load balancer instead), and
+# several Beats would run every schedule twice.
+SCALABLE_ROLES = ("model", "metric", "plot", "worker")
 
 
 def _parse_scale(text: str) -> dict[str, int]:

@@ -41,7 +41,14 @@ class Settings(BaseSettings):
     done_ttl: float = Field(3600.0, gt=0)
     max_message_bytes: int = Field(MiB, gt=0)
     max_upload_bytes: int = Field(256 * MiB, gt=0)
+
+    # Task service: third-party labels pulled by Beat, and the bounds on every task.
     labels_url: str | None = None
+    labels_interval: float = Field(30.0, gt=0)
+    labels_timeout: float = Field(10.0, gt=0)
+    task_soft_limit: float = Field(600.0, gt=0)
+    task_hard_limit: float = Field(660.0, gt=0)
+    score_chunk_rows: int = Field(100_000, ge=1)
 
     # Micro-batching: how many events a role gathers before one vectorised step,
     # and how long it waits for more once the first has arrived.
@@ -76,6 +83,16 @@ class Settings(BaseSettings):
     def metric_log(self) -> Path:
         """The append-only CSV of joined predictions."""
         return self.log_dir / "metric_log.csv"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded CSVs wait for their task."""
+        return self.data_dir / "uploads"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where tasks leave what they made, one entry per task id."""
+        return self.data_dir / "results"
 
     @property
     def plot_path(self) -> Path:

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from mlpulse.gateway import api, pages, sockets
+from mlpulse.gateway import api, pages, sockets, tasks
 from mlpulse.gateway.deps import Gateway
 
 SECURITY_HEADERS = {
@@ -28,6 +28,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(tasks.router)
     app.include_router(sockets.router)
 
     app.add_middleware(sockets.KeepRawSend)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+from celery import Celery
 from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
@@ -28,6 +29,7 @@ class Gateway:
     redis: Redis
     actualizer: Actualizer
     broker_ok: Callable[[], bool]
+    celery: Celery
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

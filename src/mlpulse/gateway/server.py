@@ -19,6 +19,7 @@ from mlpulse.gateway.deps import Gateway
 from mlpulse.gateway.hub import Hub
 from mlpulse.gateway.relay import Relay
 from mlpulse.store import connect_redis
+from mlpulse.taskbus import make_celery
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     hub = Hub(settings.ws_outbox)
     actualizer = Actualizer(redis, hub)
     relay = Relay(settings, hub, redis)
-    gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected)
+    celery = make_celery(settings)
+    gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected, celery)
     server = _Server(uvicorn.Config(
         create_app(gateway), host=settings.http_host, port=settings.http_port,
         log_config=None, lifespan="off", server_header=False,
@@ -111,6 +113,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await redis.aclose()
+        celery.close()
 
 
 async def _shutdown(hub: Hub, server: uvicorn.Server) -> None:

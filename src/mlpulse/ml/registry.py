@@ -68,7 +68,7 @@ def _locked(models_dir: Path) -> Iterator[None]:
 
 def load(models_dir: Path, number: int) -> LoadedModel:
     """Load one version."""
-    meta = json.loads((models_dir / f"model-v{number}.json").read_text())
+    meta = read_meta(models_dir, number)
     estimator = joblib.load(models_dir / f"model-v{number}.joblib")
     return LoadedModel(f"v{number}", estimator, int(meta["n_features"]), meta)
 
@@ -82,14 +82,29 @@ def train(data: Dataset, seed: int = 0) -> tuple[Any, float]:
 
 
 def register(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: float,
-             source: str) -> LoadedModel:
+             source: str, extra: dict[str, Any] | None = None) -> LoadedModel:
     """Save a fitted estimator as the next version, atomically."""
     with _locked(models_dir):
-        return _save_next(models_dir, estimator, data, holdout_mae, source)
+        return _save_next(models_dir, estimator, data, holdout_mae, source, extra)
+
+
+def find(models_dir: Path, key: str, value: Any) -> LoadedModel | None:
+    """The newest version whose metadata has `key` == `value`, if any."""
+    for number in reversed(versions(models_dir)):
+        meta = read_meta(models_dir, number)
+        if meta.get(key) == value:
+            return load(models_dir, number)
+    return None
+
+
+def read_meta(models_dir: Path, number: int) -> dict[str, Any]:
+    """One version's metadata."""
+    meta: dict[str, Any] = json.loads((models_dir / f"model-v{number}.json").read_text())
+    return meta
 
 
 def _save_next(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: float,
-               source: str) -> LoadedModel:
+               source: str, extra: dict[str, Any] | None = None) -> LoadedModel:
     number = (versions(models_dir) or [0])[-1] + 1
     meta = {
         "version": f"v{number}",
@@ -99,6 +114,7 @@ def _save_next(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: flo
         "holdout_mae": holdout_mae,
         "rows": int(data.X.shape[0]),
         "source": source,
+        **(extra or {}),
     }
     _atomic_dump(models_dir / f"model-v{number}.joblib", estimator)
     tmp = models_dir / f".model-v{number}.json.tmp"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from typing import Any
 
+import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
@@ -15,11 +17,12 @@ from aiormq.abc import DeliveredMessage
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
 from mlpulse.ml.registry import LoadedModel, ensure_model, load, versions
-from mlpulse.store import Redis, connect_redis, count_rejected
-from mlpulse.wire import FEATURES, Y_PRED, Event, Rejected, decode_frame, encode
+from mlpulse.store import PREFIX, Redis, connect_redis, count_rejected
+from mlpulse.wire import EVENTS_EXCHANGE, FEATURES, Y_PRED, Event, Rejected, decode_frame, encode
 
 log = logging.getLogger(__name__)
 
+ANNOUNCE_TTL = 30 * 86400
 # Events per outgoing y_pred frame: about 60 KB, well under the message size limit.
 FRAME_EVENTS = 500
 RELOAD_SECONDS = 2.0
@@ -64,7 +67,26 @@ class Predictor:
             if found and f"v{found[-1]}" != self.model.version:
                 new = await asyncio.to_thread(load, self.settings.models_dir, found[-1])
                 log.info("model %s replaces %s", new.version, self.model.version)
-                self.model = new
+                previous, self.model = self.model, new
+                await self.announce(new, previous)
+
+    async def announce(self, new: LoadedModel, previous: LoadedModel) -> None:
+        """Tell every dashboard, once however many model processes swap, that `new` is live."""
+        key = f"{PREFIX}deployed:{new.version}"
+        if not await self.redis.set(key, previous.version, nx=True, ex=ANNOUNCE_TTL):
+            return
+        envelope = {"type": "model", "ts": time.time(), "data": {
+            "event": "deployed", "version": new.version, "previous": previous.version,
+            "holdout_mae": new.meta.get("holdout_mae"), "source": new.meta.get("source"),
+            "message": f"model {new.version} deployed"}}
+        try:
+            exchange = await self.channel.get_exchange(EVENTS_EXCHANGE)
+            await exchange.publish(aio_pika.Message(encode(envelope),
+                                                    content_type="application/json"),
+                                   routing_key="broadcast", mandatory=False)
+        except Exception as exc:  # the channel may be between reconnects
+            log.warning("announcement of %s not sent (%r)", new.version, exc)
+            await self.redis.delete(key)
 
 
 def _prediction(event: Event, value: float, version: str) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The task service's shared edge: the Celery client, task names and task records.
+
+The gateway submits tasks by name through this module and reads their records; the
+worker (`mlpulse.tasks`) runs them and writes the records. Neither imports the other.
+
+A task record is a Redis hash `mlpulse:task:<id>` holding the kind, the owner, Celery's
+state name (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, RETRY), progress as rows done
+of total, and a JSON result. It outlives Celery's own result, and a batch scoring job,
+whose work is spread over many Celery tasks, has one record under the id its owner got.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from celery import Celery
+
+from mlpulse.config import Settings
+from mlpulse.store import PREFIX
+
+TASK_QUEUE = "mlpulse.tasks"
+RECORD_TTL = 7 * 86400
+
+# Kinds a user can start, and the Celery task that runs each.
+KINDS = {
+    "batch-score": "mlpulse.batch_score",
+    "retrain": "mlpulse.retrain",
+    "report": "mlpulse.report",
+    "collect-labels": "mlpulse.collect_labels",
+}
+ADMIN_KINDS = frozenset({"retrain", "collect-labels"})
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
+# Fields stored as JSON inside the hash.
+JSON_FIELDS = ("result", "params")
+NUMBER_FIELDS = ("submitted", "started", "finished", "done", "total")
+
+
+def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
+    """A Celery app on RabbitMQ with Redis results, JSON only, acked after the work."""
+    app = Celery("mlpulse", broker=str(settings.amqp_url), backend=str(settings.redis_url),
+                 include=include or [])
+    schedule: dict[str, Any] = {}
+    if settings.labels_url:
+        schedule["collect-labels"] = {"task": KINDS["collect-labels"],
+                                      "schedule": settings.labels_interval}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # A task is acked once it finished; if its worker dies it runs again elsewhere.
+        # Every task is written to be idempotent for that reason.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_limit,
+        task_time_limit=settings.task_hard_limit,
+        task_track_started=True,
+        task_default_queue=TASK_QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True},
+        result_expires=RECORD_TTL,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        timezone="UTC",
+        beat_schedule=schedule,
+    )
+    return app
+
+
+def record_key(task_id: str) -> str:
+    """The Redis hash of one task."""
+    return f"{PREFIX}task:{task_id}"
+
+
+def owner_key(user: str) -> str:
+    """The ids of one user's tasks, scored by submission time."""
+    return f"{PREFIX}tasks:{user}"
+
+
+def new_record(task_id: str, kind: str, owner: str, params: dict[str, Any],
+               total: int = 0) -> dict[str, str]:
+    """The fields a task starts with."""
+    return {
+        "id": task_id, "kind": kind, "owner": owner, "state": "PENDING",
+        "submitted": repr(time.time()), "done": "0", "total": str(total),
+        "params": orjson.dumps(params).decode(),
+    }
+
+
+def parse_record(raw: dict[Any, Any]) -> dict[str, Any]:
+    """A record hash as JSON-ready values."""
+    doc: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in JSON_FIELDS:
+        if name in doc:
+            doc[name] = orjson.loads(doc[name])
+    for name in NUMBER_FIELDS:
+        if name in doc:
+            doc[name] = float(doc[name]) if "." in doc[name] else int(doc[name])
+    return doc
+
+
+def event(record: dict[str, Any]) -> bytes:
+    """The message that tells a task's owner where their task stands."""
+    data = {k: v for k, v in record.items() if k != "params"}
+    return orjson.dumps({"type": "task", "ts": time.time(), "data": data})

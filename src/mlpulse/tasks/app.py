@@ -1,0 +1,9 @@
+"""The worker's Celery app, configured from `MLPULSE_*` settings."""
+
+from __future__ import annotations
+
+from mlpulse.config import load_settings
+from mlpulse.taskbus import make_celery
+
+settings = load_settings()
+app = make_celery(settings, include=["mlpulse.tasks.jobs"])
