@@ -105,6 +105,7 @@ def beat(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
     configure_logging(settings, "beat")
     from mlpulse.tasks import app
 
+    app.conf.update(worker_hijack_root_logger=False, worker_redirect_stdouts=False)
     if not settings.labels_url:
         log.info("MLPULSE_LABELS_URL is not set: Beat has nothing to schedule yet")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,6 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         result_expires=RECORD_TTL,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
         timezone="UTC",
         beat_schedule=schedule,
     )
