@@ -24,7 +24,9 @@ import redis
 # Separate values let two test runs share one machine without touching each other.
 VHOST = os.environ.get("MLPULSE_TEST_VHOST", "mlpulse-test")
 REDIS_DB = int(os.environ.get("MLPULSE_TEST_REDIS_DB", "15"))
-QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead", "mlpulse.tasks")
+QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
+# Deleted before each test as well: Celery's queue, there once a worker has run.
+CLEARED = (*QUEUES, "mlpulse.tasks")
 
 
 def _ensure_vhost() -> str:
@@ -105,9 +107,13 @@ def env(tmp_path: Path, amqp_url: str) -> Env:
     r.flushdb()
     r.close()
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    ch = conn.channel()
-    for q in QUEUES:
-        ch.queue_delete(q)
+    for q in CLEARED:
+        ch = conn.channel()
+        try:
+            ch.queue_delete(q)
+            ch.close()
+        except pika.exceptions.ChannelClosedByBroker:
+            pass  # the queue is not there (this broker says so with a 404)
     conn.close()
     variables = {
         "MLPULSE_AMQP_URL": amqp_url,

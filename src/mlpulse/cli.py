@@ -91,7 +91,10 @@ def worker(ctx: click.Context, concurrency: int | None, celery_args: tuple[str, 
             "--without-gossip", f"--hostname=mlpulse-{os.getpid()}@{socket.gethostname()}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    finally:
+        log.info("worker stopped")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -106,12 +109,20 @@ def beat(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
     from mlpulse.tasks import app
 
     app.conf.update(worker_hijack_root_logger=False, worker_redirect_stdouts=False)
-    if not settings.labels_url:
-        log.info("MLPULSE_LABELS_URL is not set: Beat has nothing to schedule yet")
+    from celery.signals import beat_init
+
+    def ready(**_: Any) -> None:
+        log.info("ready: %d periodic task(s)%s", len(app.conf.beat_schedule),
+                 "" if settings.labels_url else " (MLPULSE_LABELS_URL is not set)")
+
+    beat_init.connect(ready, weak=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", f"--loglevel={settings.log_level}",
-               f"--schedule={settings.data_dir / 'celerybeat-schedule'}", "--pidfile=",
-               *celery_args])
+    try:
+        app.start(["beat", f"--loglevel={settings.log_level}",
+                   f"--schedule={settings.data_dir / 'celerybeat-schedule'}", "--pidfile=",
+                   *celery_args])
+    finally:
+        log.info("beat stopped")
 
 
 @cli.command()
