@@ -160,6 +160,104 @@
     while (feed.children.length > 100) feed.lastChild.remove();
   }
 
+  // ------------------------------------------------------------ tasks
+  const tasks = new Map();  // id -> record, newest first when rendered
+
+  function normalise(t) {
+    const rec = Object.assign({}, tasks.get(t.id) || {}, t);
+    if (t.done !== undefined || t.total !== undefined) {
+      const done = t.done ?? 0, total = t.total ?? 0;
+      rec.progress = { done, total, fraction: total ? done / total : (rec.state === "SUCCESS" ? 1 : 0) };
+    }
+    if (rec.state === "SUCCESS" && rec.result && rec.result.file) rec.result_url = `/api/tasks/${rec.id}/result`;
+    return rec;
+  }
+
+  function describeResult(t) {
+    const r = t.result || {};
+    if (t.kind === "retrain" && r.version) return `${r.version}, holdout MAE ${fmt(r.holdout_mae)}`;
+    if (t.kind === "report" && r.summary) return `${fmt(r.summary.count)} errors, MAE ${fmt(r.summary.mae)}`;
+    if (t.kind === "collect-labels" && r.published !== undefined) return `${fmt(r.published)} labels, ${fmt(r.bad)} bad`;
+    if (t.kind === "batch-score" && r.rows !== undefined) return `${fmt(r.rows)} rows scored with ${r.model_version}`;
+    return r.skipped || "";
+  }
+
+  function renderTasks() {
+    const rows = [...tasks.values()].sort((a, b) => (b.submitted || 0) - (a.submitted || 0));
+    if (!rows.length) return;
+    $("tasks").replaceChildren(...rows.slice(0, 20).map((t) => {
+      const tr = document.createElement("tr");
+      tr.dataset.id = t.id; tr.dataset.state = t.state;
+      const name = cell(`${t.kind} · ${t.id.slice(0, 8)}`);
+      const state = document.createElement("td");
+      const badge = document.createElement("span");
+      badge.className = `state state-${t.state}`; badge.textContent = t.state;
+      state.append(badge);
+      const prog = document.createElement("td");
+      const p = t.progress || { done: 0, total: 0, fraction: 0 };
+      if (p.total > 1 || t.state === "PROGRESS") {
+        const bar = document.createElement("progress");
+        bar.max = Math.max(1, p.total); bar.value = p.done;
+        prog.append(bar, document.createTextNode(`${fmt(p.done)} / ${fmt(p.total)}`));
+      } else {
+        prog.textContent = t.state === "SUCCESS" ? "done" : "";
+      }
+      const result = document.createElement("td");
+      if (t.state === "FAILURE") {
+        result.className = "error"; result.textContent = t.error || "failed";
+      } else {
+        result.textContent = describeResult(t);
+        if (t.result_url) {
+          const a = document.createElement("a");
+          a.href = t.result_url; a.textContent = t.kind === "report" ? " histogram" : " download";
+          a.className = "result-link";
+          result.append(a);
+        }
+      }
+      const when = t.submitted ? new Date(t.submitted * 1000).toLocaleTimeString() : "";
+      tr.append(name, state, prog, result, cell(when));
+      return tr;
+    }));
+  }
+
+  function taskEvent(data) {
+    tasks.set(data.id, normalise(data));
+    renderTasks();
+  }
+
+  async function loadTasks() {
+    const r = await fetch("/api/tasks");
+    if (!r.ok) return;
+    for (const t of await r.json()) tasks.set(t.id, Object.assign({}, tasks.get(t.id) || {}, t));
+    renderTasks();
+  }
+
+  async function submit(kind, init, label) {
+    const status = $("t-status");
+    status.className = "muted"; status.textContent = `${label}…`;
+    try {
+      const r = await fetch(`/api/tasks/${kind}`, Object.assign({ method: "POST" }, init));
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(body.detail || `${r.status} ${r.statusText}`);
+      status.textContent = `${label}: queued`;
+      taskEvent({ id: body.id, kind, state: body.state, submitted: Date.now() / 1000 });
+    } catch (err) {
+      status.className = "error"; status.textContent = `${label}: ${err.message}`;
+    }
+  }
+
+  $("t-file").addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    const form = new FormData();
+    form.append("file", file);
+    submit("batch-score", { body: form }, `Scoring ${file.name}`);
+    ev.target.value = "";
+  });
+  $("t-report").addEventListener("click", () => submit("report", {
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ minutes: 60 }) }, "Report"));
+  $("t-retrain").addEventListener("click", () => submit("retrain", {}, "Retraining"));
+
   function setConn(kind, text) {
     const el = $("conn");
     el.className = `conn conn-${kind}`;
@@ -173,7 +271,10 @@
     const ws = new WebSocket(`${proto}://${location.host}/ws`);
     state.ws = ws;
     setConn("connecting", "connecting…");
-    ws.onopen = () => { state.connected = true; state.seq = 0; delay = 1000; setConn("live", "live"); };
+    ws.onopen = () => {
+      state.connected = true; state.seq = 0; delay = 1000; setConn("live", "live");
+      loadTasks();  // catch up on anything that changed while the socket was down
+    };
     ws.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       let note = "";
@@ -183,6 +284,11 @@
         if (msg.data.full) state.snapshot = {};
         Object.assign(state.snapshot, msg.data);
         render(msg.data);
+      } else if (msg.type === "task") {
+        taskEvent(msg.data);
+        if (msg.data.state === "SUCCESS" || msg.data.state === "FAILURE") {
+          addToFeed({ type: "task", ts: msg.ts, data: { message: `${msg.data.kind} ${msg.data.state.toLowerCase()}` } }, note);
+        }
       } else if (msg.type !== "pong") {
         addToFeed(msg, note);
       }
@@ -199,7 +305,11 @@
 
   async function whoami() {
     const r = await fetch("/api/me");
-    if (r.ok) { const me = await r.json(); $("who").textContent = me.admin ? `${me.user} (admin)` : me.user; }
+    if (r.ok) {
+      const me = await r.json();
+      $("who").textContent = me.admin ? `${me.user} (admin)` : me.user;
+      $("t-retrain").hidden = !me.admin;
+    }
   }
 
   function refreshPlot() {
