@@ -25,6 +25,8 @@ lint: install
 
 bench: install
 	$(PY) bench/pipeline.py --out docs/benchmarks-latest.md
+	$(PY) bench/fanout.py --out docs/benchmarks-latest-fanout.md
+	$(PY) bench/batch_score.py --out docs/benchmarks-latest-batch.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
