@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -18,6 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as amqp_spec
 
+from mlpulse import metrics
 from mlpulse.config import Settings
 from mlpulse.errors import ServiceUnavailable
 from mlpulse.wire import (
@@ -119,6 +121,7 @@ async def publish_many(channel: AbstractChannel, routing_key: str, bodies: Itera
                for b in bodies]
     if pending:
         await asyncio.gather(*pending)
+        metrics.MESSAGES_OUT.labels(routing_key).inc(len(pending))
     return len(pending)
 
 
@@ -127,22 +130,25 @@ async def dead_letter(channel: AbstractChannel, source: str, rejected: Sequence[
     if not rejected:
         return
     exchange = channel.default_exchange
+    ids = [uuid.uuid4().hex for _ in rejected]
     await asyncio.gather(
         *(
             exchange.publish(
                 persistent(
                     r.payload,
                     headers={REASON_HEADER: r.reason, QUEUE_HEADER: source, CODE_HEADER: r.code},
-                    message_id=uuid.uuid4().hex,
+                    message_id=message_id,
                     timestamp=time.time(),
                 ),
                 routing_key=DEAD_QUEUE,
             )
-            for r in rejected
+            for r, message_id in zip(rejected, ids, strict=True)
         )
     )
-    for r in rejected:
-        log.warning("dead-lettered a message from %s: %s", source, r.reason)
+    for r, message_id in zip(rejected, ids, strict=True):
+        metrics.DEAD_LETTERED.labels(source, r.code).inc()
+        log.warning("dead-lettered a message from %s: %s", source, r.reason,
+                    extra={"msg_id": message_id})
 
 
 async def ack_batch(messages: Sequence[DeliveredMessage]) -> None:
@@ -277,6 +283,9 @@ class BatchConsumer:
 
     async def _process(self, batch: list[DeliveredMessage], stop: asyncio.Event) -> bool:
         """Handle a batch, retrying transient failures; False if left for redelivery."""
+        metrics.BATCH_MESSAGES.observe(len(batch))
+        for queue, n in collections.Counter(m.routing_key or "" for m in batch).items():
+            metrics.MESSAGES_IN.labels(queue).inc(n)
         delay = 0.2
         while True:
             try:
@@ -293,7 +302,8 @@ class BatchConsumer:
 
     async def _handle(self, batch: list[DeliveredMessage]) -> None:
         try:
-            await self.handler(batch)
+            with metrics.BATCH_SECONDS.time():
+                await self.handler(batch)
         except TRANSIENT_ERRORS:
             raise
         except Exception:
@@ -354,6 +364,7 @@ async def consume_until_stopped(
             await consumer.run(stop)
             delay = 1.0
         except RECONNECT_ERRORS as exc:
+            metrics.RECONNECTS.inc()
             log.warning("lost RabbitMQ (%r); reconnecting", exc)
         finally:
             with contextlib.suppress(Exception):

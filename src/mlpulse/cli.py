@@ -84,6 +84,8 @@ def worker(ctx: click.Context, concurrency: int | None, celery_args: tuple[str, 
 
     settings = _settings(ctx)
     configure_logging(settings, "worker")
+    if settings.metrics_port:
+        _serve_pool_metrics(settings.metrics_port, settings.http_host)
     from mlpulse.tasks import app
 
     # Workers share nothing a startup sync would bring (no revokes), so skip mingle/gossip.
@@ -91,10 +93,28 @@ def worker(ctx: click.Context, concurrency: int | None, celery_args: tuple[str, 
             "--without-gossip", f"--hostname=mlpulse-{os.getpid()}@{socket.gethostname()}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
+    from mlpulse.health import beat_in_thread
+
+    heartbeat = beat_in_thread(settings, "worker")
     try:
         app.worker_main([*argv, *celery_args])
     finally:
+        heartbeat.set()
         log.info("worker stopped")
+
+
+def _serve_pool_metrics(port: int, host: str) -> None:
+    """Tasks run in pool processes: collect their metrics through prometheus_client's
+    multiprocess mode, which must be switched on before the library is first imported."""
+    import os
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlpulse-metrics-")
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -117,12 +137,44 @@ def beat(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
 
     beat_init.connect(ready, weak=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from mlpulse.health import beat_in_thread
+    from mlpulse.metrics import serve
+
+    serve(settings.metrics_port, settings.http_host)
+    heartbeat = beat_in_thread(settings, "beat")
     try:
         app.start(["beat", f"--loglevel={settings.log_level}",
                    f"--schedule={settings.data_dir / 'celerybeat-schedule'}", "--pidfile=",
                    *celery_args])
     finally:
+        heartbeat.set()
         log.info("beat stopped")
+
+
+@cli.command()
+@click.option("--role", help="Only check that ROLE is alive on this host: the container "
+                            "healthcheck. 'auto' takes the role PID 1 runs.")
+@click.pass_context
+def doctor(ctx: click.Context, role: str | None) -> None:
+    """Check the environment (services, port, directories, model) and say what to fix."""
+    from mlpulse.health import role_is_alive, role_of_pid1, run_checks
+
+    settings = _settings(ctx)
+    if role is not None:
+        name = role_of_pid1() if role == "auto" else role
+        if name is None:
+            raise MlpulseError("--role auto: PID 1 is not an mlpulse role; name the role")
+        ok, detail = role_is_alive(settings, name)
+        click.echo(f"{name}: {'alive' if ok else 'NOT alive'}: {detail}")
+        sys.exit(0 if ok else 1)
+    failed = False
+    for check in run_checks(settings):
+        mark = "ok  " if check.ok else ("FAIL" if check.blocking else "warn")
+        click.echo(f"{mark}  {check.name:<10} {check.detail}")
+        if not check.ok:
+            click.echo(f"      {'':<10} fix: {check.fix}")
+            failed = failed or check.blocking
+    sys.exit(1 if failed else 0)
 
 
 @cli.command()

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     ws_rate: float = Field(10.0, gt=0)
     ws_burst: int = Field(20, ge=1)
     http_host: str = "0.0.0.0"  # noqa: S104 - a server, meant to be reached
+    # Where a role other than the gateway serves its Prometheus metrics (unset: nowhere).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     publish_interval: float = Field(0.5, gt=0)
 
     def origins(self) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -34,7 +35,10 @@ class JsonFormatter(logging.Formatter):
             "role": self.role,
             "logger": record.name,
             "msg": record.getMessage(),
-        }
+        }  # type: dict[str, object]
+        for field in ("msg_id", "task_id"):  # set through `extra=` where there is one
+            if hasattr(record, field):
+                doc[field] = getattr(record, field)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
@@ -62,15 +66,22 @@ RoleBody = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
 def run_role(role: str, body: RoleBody, settings: Settings) -> None:
     """Run a role until it returns or a stop signal has let it finish within the grace time."""
     configure_logging(settings, role)
+    if role != "gateway":  # the gateway serves /metrics on its own port
+        from mlpulse.metrics import serve
+
+        serve(settings.metrics_port, settings.http_host)
     # uvloop (installed with uvicorn[standard]) makes every socket and timer cheaper.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_main(role, body, settings))
 
 
 async def _main(role: str, body: RoleBody, settings: Settings) -> None:
+    from mlpulse.health import beat_forever
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(body(settings, stop))
+    heartbeat = asyncio.create_task(beat_forever(settings, role, stop))
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -90,4 +101,8 @@ async def _main(role: str, body: RoleBody, settings: Settings) -> None:
             raise
         log.warning("%s did not stop within %.0fs; unacked messages return to their queues",
                     role, STOP_GRACE_SECONDS)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(heartbeat, 5)
     log.info("%s stopped", role)

@@ -12,11 +12,20 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
+from mlpulse import metrics
 from mlpulse.broker import TRANSIENT_ERRORS, BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
-from mlpulse.store import VERSION, JoinStore, Redis, connect_redis, read_histogram, read_summary
+from mlpulse.store import (
+    PREFIX,
+    VERSION,
+    JoinStore,
+    Redis,
+    connect_redis,
+    read_histogram,
+    read_summary,
+)
 from mlpulse.wire import EVENTS_EXCHANGE, Y_PRED, Y_TRUE, encode
 
 log = logging.getLogger(__name__)
@@ -75,6 +84,24 @@ def _failed(task: asyncio.Task[None]) -> bool:
     return not task.cancelled() and task.exception() is not None
 
 
+async def export_join_state(redis: Redis) -> None:
+    """Copy the join state's size and the shared counts into this process's metrics."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hlen(f"{PREFIX}pending:t")
+    pipe.hlen(f"{PREFIX}pending:p")
+    pending_t, pending_p = await pipe.execute()
+    metrics.JOIN_PENDING.labels("y_true").set(pending_t)
+    metrics.JOIN_PENDING.labels("y_pred").set(pending_p)
+    summary = await read_summary(redis)
+    metrics.JOINED.set(summary["count"])
+    metrics.UNMATCHED.set(summary["unmatched"])
+    metrics.DUPLICATES.set(summary["duplicates"])
+    metrics.REJECTED.set(summary["rejected"])
+    if summary["mae"] is not None:
+        metrics.MAE.set(summary["mae"])
+        metrics.RMSE.set(summary["rmse"])
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the metric role until `stop` is set, then drain the outbox into the log.
 
@@ -92,6 +119,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         expired = await store.sweep(time.time())
         if expired:
             log.info("%d pending halves expired unmatched", expired)
+        await export_join_state(redis)
 
     async def on_channel(channel: AbstractChannel) -> BatchConsumer:
         joiner.channel = live.channel = channel

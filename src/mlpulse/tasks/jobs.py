@@ -233,6 +233,7 @@ def merge_scores(self: Task, job_id: str, version: str, chunks: int, total: int,
            result={"file": final.name, "rows": total, "model_version": version,
                    "media_type": "text/csv"})
     shutil.rmtree(parts, ignore_errors=True)
+    (settings.uploads_dir / f"{job_id}.csv").unlink(missing_ok=True)
     return final.name
 
 

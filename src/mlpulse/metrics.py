@@ -1,0 +1,41 @@
+"""Prometheus metrics of the pipeline roles, each served by its own process.
+
+A role started with `MLPULSE_METRICS_PORT` serves them at `http://HOST:PORT/metrics`;
+Prometheus tells the roles apart by its own `job` and `instance` labels. The gateway
+serves its own (and the live aggregates) on its HTTP port at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+MESSAGES_IN = Counter("mlpulse_messages_in_total", "Messages consumed", ["queue"])
+MESSAGES_OUT = Counter("mlpulse_messages_out_total", "Messages published and confirmed",
+                       ["queue"])
+BATCH_MESSAGES = Histogram("mlpulse_batch_messages", "Messages per micro-batch",
+                           buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram("mlpulse_batch_seconds", "Time to handle one micro-batch",
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                   1, 2.5, 5, 10))
+DEAD_LETTERED = Counter("mlpulse_dead_lettered_total", "Messages sent to mlpulse.dead",
+                        ["queue", "reason"])
+RECONNECTS = Counter("mlpulse_reconnects_total", "Reconnections to RabbitMQ")
+JOIN_PENDING = Gauge("mlpulse_join_pending", "Halves waiting in Redis for their partner",
+                     ["half"])
+JOINED = Gauge("mlpulse_joined", "Pairs joined and logged (from Redis, all processes)")
+UNMATCHED = Gauge("mlpulse_unmatched", "Halves expired without a partner (all processes)")
+DUPLICATES = Gauge("mlpulse_duplicates", "Repeated halves counted, not written (all processes)")
+REJECTED = Gauge("mlpulse_rejected", "Bad messages refused (all processes)")
+MAE = Gauge("mlpulse_mae", "Mean absolute error of everything joined so far")
+RMSE = Gauge("mlpulse_rmse", "Root mean squared error of everything joined so far")
+
+
+def serve(port: int | None, host: str) -> None:
+    """Serve this process's metrics on `port`, when one is set."""
+    if port:
+        start_http_server(port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, port)
