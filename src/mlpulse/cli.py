@@ -114,7 +114,10 @@ def _serve_pool_metrics(port: int, host: str) -> None:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # the worker's tasks matter more than its metrics
+        log.warning("metrics not served: port %d: %s", port, exc.strerror)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -346,7 +349,11 @@ def up(ctx: click.Context, scale: str, no_producer: bool, rate: float) -> None:
     roles: list[tuple[str, list[str]]] = [(r, []) for r in PIPELINE_ROLES]
     if not no_producer:
         roles.append(("produce", ["--rate", str(rate)]))
-    children = plan_children(roles, _parse_scale(scale), finite={"produce"})
+    children = plan_children(roles, _parse_scale(scale), finite={"produce"},
+                             metrics_port=settings.metrics_port)
+    for child in children:
+        if "MLPULSE_METRICS_PORT" in child.env:
+            log.info("%s serves metrics on :%s", child.name, child.env["MLPULSE_METRICS_PORT"])
     sys.exit(asyncio.run(Supervisor(children).run()))
 
 

@@ -36,6 +36,11 @@ RMSE = Gauge("mlpulse_rmse", "Root mean squared error of everything joined so fa
 
 def serve(port: int | None, host: str) -> None:
     """Serve this process's metrics on `port`, when one is set."""
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+    except OSError as exc:  # the role's work matters more than its metrics
+        log.warning("metrics not served: port %d: %s", port, exc.strerror)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, port)

@@ -25,6 +25,7 @@ class Child:
     argv: list[str]
     color: str
     restart_finished: bool = True
+    env: dict[str, str] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started: float = field(default=0.0)
@@ -73,7 +74,7 @@ class Supervisor:
             child.proc = await asyncio.create_subprocess_exec(
                 *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **child.env},
             )
             await self._relay(child)
             code = await child.proc.wait()
@@ -105,14 +106,19 @@ class Supervisor:
 
 
 def plan_children(roles: list[tuple[str, list[str]]], scale: dict[str, int],
-                  finite: set[str]) -> list[Child]:
-    """One child per role (or `scale[role]` of them), each with its own colour."""
-    children = []
+                  finite: set[str], metrics_port: int | None = None) -> list[Child]:
+    """One child per role (or `scale[role]` of them), each with its own colour.
+
+    With a metrics port, each child serves its metrics on the next port up from it."""
+    children: list[Child] = []
     for i, (role, args) in enumerate(roles):
         n = scale.get(role, 1)
         for k in range(n):
             name = role if n == 1 else f"{role}.{k + 1}"
             argv = [sys.executable, "-m", "mlpulse", role, *args]
+            env = {}
+            if metrics_port and role != "gateway":
+                env["MLPULSE_METRICS_PORT"] = str(metrics_port + len(children))
             children.append(Child(name, argv, COLORS[i % len(COLORS)],
-                                  restart_finished=role not in finite))
+                                  restart_finished=role not in finite, env=env))
     return children

@@ -27,6 +27,7 @@ def test_tasks_panel_scores_an_upload_live(env: Env, spawn: Callable[..., Role],
     page = browser.new_page(viewport={"width": 1360, "height": 1000})
     page.goto(f"{alice.gateway.http}/?token={token('alice')}")
     page.wait_for_selector("#conn[data-state=live]")
+    page.wait_for_function("document.getElementById('who').textContent === 'alice'")
     assert page.is_hidden("#t-retrain"), "only admins see the retrain button"
 
     page.set_input_files("#t-file", str(upload))
