@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 CONNECTIONS = Gauge("mlpulse_gateway_connections", "Open WebSocket connections")
 DELIVERIES = Counter("mlpulse_gateway_deliveries_total", "Messages queued to sockets")
+DIRECT = Counter("mlpulse_gateway_direct_writes_total",
+                 "Messages written to a socket at once, without waiting in its outbox")
 DROPS = Counter("mlpulse_gateway_slow_client_drops_total",
                 "Sockets closed because their outbox was full")
 
@@ -101,6 +103,7 @@ class Client:
             wire.write(self.number(payload))
         except ConnectionResetError:
             return False  # the reader notices the close; the outbox takes it meanwhile
+        DIRECT.inc()
         return True
 
     async def pump(self) -> None:
