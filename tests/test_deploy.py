@@ -149,3 +149,18 @@ def test_doctor_says_what_to_fix(env: Env) -> None:
     assert broken.returncode == 1
     assert "FAIL  Redis" in broken.stdout
     assert "redis-server" in broken.stdout
+
+
+def test_the_package_ships_every_file_the_roles_read() -> None:
+    """An installed (not editable) mlpulse, as in the image, needs its data files."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["mlpulse"]
+    package = ROOT / "src" / "mlpulse"
+    data = [p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert any(d.startswith("gateway/static/") for d in data)
+    missing = [d for d in data if not any(fnmatch.fnmatch(d, g) for g in globs)]
+    assert missing == [], f"not in [tool.setuptools.package-data]: {missing}"
