@@ -93,24 +93,35 @@ def _header(path: Path) -> list[str]:
         return f.readline().decode("utf-8-sig").strip().split(",")
 
 
+SCAN_BLOCK = 16 << 20  # bytes read at a time while looking for line ends
+
+
+def _line_ends(path: Path) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Offsets of every b"\n", a block at a time: memory is 8 bytes a line, not a file copy."""
+    found = []
+    with path.open("rb") as f:
+        offset = 0
+        while block := f.read(SCAN_BLOCK):
+            found.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + offset)
+            offset += len(block)
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
 def chunk_bounds(path: Path, rows_per_chunk: int) -> list[tuple[int, int, int, int]]:
     """(start byte, end byte, first row number, rows) of each chunk; blank lines skipped."""
     size = path.stat().st_size
     if size == 0:
         return []
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = np.frombuffer(mm, dtype=np.uint8)
-        try:
-            ends = np.flatnonzero(buf == 10)  # b"\n"
-            if buf[-1] != 10:
-                ends = np.append(ends, size)  # the last line has no newline of its own
-            starts = np.concatenate(([0], ends[:-1] + 1))
-            lengths = ends - starts
-            blank = lengths == 0
-            one = np.flatnonzero(lengths == 1)
-            blank[one] = buf[starts[one]] == 13  # a lone "\r"
-        finally:
-            del buf  # the mmap cannot close while a view of it exists
+    ends = _line_ends(path)
+    if not ends.size or ends[-1] != size - 1:
+        ends = np.append(ends, size)  # the last line has no newline of its own
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts
+    blank = lengths == 0
+    one = np.flatnonzero(lengths == 1)
+    if one.size:  # a line that is only "\r" is blank too
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            blank[one] = [mm[int(starts[i])] == 13 for i in one]
     blank[0] = True  # the header
     data_lines = np.flatnonzero(~blank)
     bounds = []
