@@ -123,3 +123,20 @@ def test_uploads_over_the_limit_get_413(
     assert "MLPULSE_MAX_UPLOAD_BYTES" in response.json()["detail"]
     uploads = env.root / "data" / "uploads"
     assert not uploads.exists() or list(uploads.iterdir()) == []
+
+
+def test_ids_keep_their_spelling_and_header_spaces_are_forgiven(
+        env: Env, spawn: Callable[..., Role], worker: Callable[..., Role],
+        api: Callable[..., Api]) -> None:
+    spawn("model")
+    worker(concurrency=1)
+    alice = api("alice")
+    header = ", ".join(["id", *reversed(FEATURES)])  # any column order, spaces after commas
+    rows = [",".join([f"{i:03d}", *(["0.01"] * len(FEATURES))]) for i in range(5)]
+    submitted = alice.upload("batch-score", ("\n".join([header, *rows]) + "\n").encode())
+    assert submitted.status_code == 202, submitted.text
+    done = alice.wait(submitted.json()["id"])
+    assert done["state"] == "SUCCESS", done
+    scored = list(csv.DictReader(io.StringIO(alice.get(done["result_url"]).text)))
+    assert [r["id"] for r in scored] == ["000", "001", "002", "003", "004"]
+    assert len({r["y_pred"] for r in scored}) == 1  # the same features, the same prediction

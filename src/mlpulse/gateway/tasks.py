@@ -70,6 +70,13 @@ def _features(gw: Gateway) -> list[str]:
     return names
 
 
+def _upload_path(gw: Gateway) -> tuple[str, Path]:
+    """A new task id, and where its upload goes (the worker finds it by the same name)."""
+    task_id = uuid.uuid4().hex
+    gw.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    return task_id, gw.settings.uploads_dir / f"{task_id}.csv"
+
+
 def _admin(user: User) -> None:
     if not user.admin:
         raise HTTPException(403, "only an admin can start this task")
@@ -79,9 +86,7 @@ def _admin(user: User) -> None:
 async def batch_score(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONResponse:
     """Score an uploaded CSV (multipart field `file`, a header row of feature names, and
     optionally an `id` column). The scored CSV is the task's result."""
-    task_id = uuid.uuid4().hex
-    gw.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    dest = gw.settings.uploads_dir / f"{task_id}.csv"
+    task_id, dest = _upload_path(gw)
     form = await receive_form(request, dest, gw.settings.max_upload_bytes)
     if form.file is None:
         raise HTTPException(422, "no part named 'file': send the CSV as multipart field 'file'")
@@ -106,9 +111,7 @@ async def retrain(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONRe
     kwargs: dict[str, Any] = {}
     params: dict[str, Any] = {"data": "diabetes"}
     if request.headers.get("content-type", "").startswith("multipart/"):
-        task_id = uuid.uuid4().hex
-        gw.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-        dest = gw.settings.uploads_dir / f"{task_id}.csv"
+        task_id, dest = _upload_path(gw)
         form = await receive_form(request, dest, gw.settings.max_upload_bytes)
         target = form.fields.get("target", "").strip()
         if form.file is None or not target:

@@ -90,7 +90,7 @@ def model(version: str) -> registry.LoadedModel:
 
 def _header(path: Path) -> list[str]:
     with path.open("rb") as f:
-        return f.readline().decode("utf-8-sig").strip().split(",")
+        return [h.strip() for h in f.readline().decode("utf-8-sig").strip().split(",")]
 
 
 SCAN_BLOCK = 16 << 20  # bytes read at a time while looking for line ends
@@ -146,6 +146,9 @@ def batch_score(self: Task, upload: str, rows: int, id_column: str | None = None
         raise ValueError(f"the upload lacks the model's features {missing}")
     bounds = chunk_bounds(path, settings.score_chunk_rows)
     total = sum(b[3] for b in bounds)
+    if total != rows:
+        log.warning("task %s: the gateway counted %d rows, the chunks hold %d", job_id, rows,
+                    total)
     client().hset(taskbus.record_key(job_id), mapping={
         "chunks": len(bounds), "model_version": current.version})
     progress(job_id, _done_rows(job_id), total)
@@ -189,8 +192,11 @@ def score_chunk(self: Task, job_id: str, upload: str, version: str, start: int, 
         loaded = model(version)
         features = list(loaded.meta["feature_names"])
         header = _header(path)
+        dtypes: dict[str, Any] = {name: np.float64 for name in features}
+        if id_column:
+            dtypes[id_column] = str  # ids stay as written: "007" is not 7
         frame = pd.read_csv(io.BytesIO(raw), header=None, names=header, index_col=False,
-                            dtype={name: np.float64 for name in features})
+                            dtype=dtypes)
         y = loaded.predict(frame[features].to_numpy(dtype=np.float64))
         out: dict[str, Any] = {"row": np.arange(first_row, first_row + len(frame))}
         if id_column:
