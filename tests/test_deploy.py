@@ -22,6 +22,7 @@ import yaml
 
 from mlpulse.cli import cli
 from mlpulse.config import Settings
+from mlpulse.taskbus import make_celery
 from tests.conftest import Env, Role, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,15 @@ def test_every_compose_command_runs_here_and_its_healthcheck_follows_it(
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert "mlpulse_batch_seconds" in text
         assert "mlpulse_messages_in_total" in text
+    # The worker's tasks run in pool processes; their counts still reach its endpoint.
+    celery = make_celery(Settings(amqp_url=env.amqp_url, redis_url=env.redis_url))
+    try:
+        assert "count" in celery.send_task("mlpulse.report").get(timeout=60)["summary"]
+    finally:
+        celery.close()
+    port = running["worker"][1]["MLPULSE_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'mlpulse_tasks_total{state="SUCCESS",task="mlpulse.report"} 1.0' in text
     for name, (role, _) in running.items():
         assert role.stop() == 0, f"{name} did not stop cleanly"
     # With the role gone, its healthcheck fails.
