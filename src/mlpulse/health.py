@@ -194,7 +194,7 @@ def _writable(label: str, path: Path) -> Check:
 
 
 def _model(settings: Settings) -> Check:
-    from mlpulse.ml.registry import versions
+    from mlpulse.ml.meta import versions
 
     found = versions(settings.models_dir)
     if not found:

@@ -30,7 +30,8 @@ SECOND = PREFIX + "sec:"
 Redis = aioredis.Redis
 
 
-def _script(name: str) -> str:
+def load_script(name: str) -> str:
+    """A Lua script shipped with the package."""
     return resources.files("mlpulse").joinpath(name).read_text()
 
 
@@ -68,8 +69,8 @@ class JoinStore:
     def __init__(self, client: Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self._join = client.register_script(_script("join.lua"))
-        self._sweep = client.register_script(_script("sweep.lua"))
+        self._join = client.register_script(load_script("join.lua"))
+        self._sweep = client.register_script(load_script("sweep.lua"))
 
     async def join(self, halves_json: bytes, now: float) -> JoinOutcome:
         """Store or complete each half of a JSON list `[side, id, value, version, meta]`."""

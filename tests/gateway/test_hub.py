@@ -72,6 +72,13 @@ async def test_users_get_their_own_messages_and_broadcasts_only(
     async with websockets.connect(f"{gateway.ws}?token={token('bob')}") as b2:
         again = await collect(b2, lambda g: len(own(g)) >= 20)
     assert all(m["data"]["to"] == "bob" for m in own(again))
+    # The stored history is bounded and expires.
+    client = env.redis()
+    try:
+        assert client.zcard("mlpulse:history:bob") == 50
+        assert 0 < client.ttl("mlpulse:history:bob") <= 7 * 86400
+    finally:
+        client.close()
 
 
 class StalledClient:

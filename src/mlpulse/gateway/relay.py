@@ -19,7 +19,7 @@ from mlpulse.config import Settings
 from mlpulse.errors import ServiceUnavailable
 from mlpulse.gateway.auth import USER_NAME
 from mlpulse.gateway.hub import Hub
-from mlpulse.store import PREFIX, Redis
+from mlpulse.store import PREFIX, Redis, load_script
 from mlpulse.wire import EVENTS_EXCHANGE
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the 
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 HISTORY_KEEP = 50
 HISTORY_TTL = 7 * 86400
-TRIM_EVERY = 10.0  # seconds between trims of one user's history
 
 
 def history_key(user: str) -> str:
@@ -53,7 +52,7 @@ class Relay:
         self.ready = asyncio.Event()
         self.unsaved: list[tuple[str, str, float]] = []
         self.unsaved_event = asyncio.Event()
-        self.trimmed: dict[str, float] = {}
+        self.store_history = redis.register_script(load_script("history.lua"))
         self.connection: AbstractConnection | None = None
 
     def connected(self) -> bool:
@@ -94,22 +93,13 @@ class Relay:
             await self.unsaved_event.wait()
             self.unsaved_event.clear()
             batch, self.unsaved = self.unsaved, []
-            pipe = self.redis.pipeline(transaction=False)
+            # One script call per burst: a pipelined command per message cost the event
+            # loop more than the deliveries did (a reply and a timeout to parse each).
+            args: list[str | float] = [history_key(""), HISTORY_KEEP, HISTORY_TTL]
             for user, payload, score in batch:
-                # Every gateway sees every event; NX keeps one copy however many add it.
-                pipe.zadd(history_key(user), {payload: score}, nx=True)
-            # Trimming and the TTL are refreshed per user now and then, not per message:
-            # a history may briefly hold a few more than HISTORY_KEEP entries.
-            now = time.monotonic()
-            for user in {u for u, _, _ in batch}:
-                if now - self.trimmed.get(user, -TRIM_EVERY) >= TRIM_EVERY:
-                    self.trimmed[user] = now
-                    pipe.zremrangebyrank(history_key(user), 0, -HISTORY_KEEP - 1)
-                    pipe.expire(history_key(user), HISTORY_TTL)
-            if len(self.trimmed) > 100_000:
-                self.trimmed.clear()
+                args.extend((user, score, payload))
             try:
-                await pipe.execute()
+                await self.store_history(args=args)
             except TRANSIENT_ERRORS as exc:
                 log.warning("relay: %d history entries not stored (%r)", len(batch), exc)
             await asyncio.sleep(0.05)  # gather the next burst into one round trip

@@ -22,7 +22,7 @@ from mlpulse import taskbus
 from mlpulse.gateway.auth import User
 from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep
 from mlpulse.gateway.uploads import check_features_csv, receive_form
-from mlpulse.ml.registry import read_meta, versions
+from mlpulse.ml.meta import read_meta, versions
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])

@@ -7,12 +7,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import pandas as pd
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_FIELD_BYTES = 64 * 1024
 CHECK_CHUNK_ROWS = 200_000
@@ -135,6 +137,7 @@ def check_features_csv(path: Path, features: list[str]) -> CheckedCsv:
     """Every row must hold a finite number for each feature; 422 naming the first bad cell.
 
     Runs in a worker thread: pandas parses in C, a million rows in about a second."""
+    import pandas as pd  # imported on the first upload, not at the gateway's start
     with path.open("rb") as f:
         first = f.readline().decode("utf-8-sig", "replace").strip()
     if not first:
@@ -190,6 +193,7 @@ def _check_finite(chunk: pd.DataFrame, features: list[str], before: int) -> None
 def _locate(path: Path, header: list[str], features: list[str], before: int,
             exc: ValueError) -> str:
     """Find the first cell pandas refused, for a message a person can act on."""
+    import pandas as pd
     if "Expected" in str(exc) and "fields" in str(exc):
         return f"{str(exc).strip()} (the header has {len(header)} columns)"
     frame = pd.read_csv(path, dtype=str, names=header, skiprows=1 + before, index_col=False,

@@ -6,7 +6,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +24,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlpulse.ml.data import Dataset, diabetes
+from mlpulse.ml.meta import read_meta, versions
 
 log = logging.getLogger(__name__)
-_META = re.compile(r"^model-v(\d+)\.json$")
 
 
 @dataclass(slots=True)
@@ -45,14 +44,6 @@ class LoadedModel:
         # small batches of a low-rate stream, where they cost more than the maths.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             return np.asarray(self.estimator.predict(X), dtype=np.float64)
-
-
-def versions(models_dir: Path) -> list[int]:
-    """Completed versions, oldest first."""
-    if not models_dir.is_dir():
-        return []
-    found = (_META.match(p.name) for p in models_dir.iterdir())
-    return sorted(int(m.group(1)) for m in found if m)
 
 
 @contextmanager
@@ -95,12 +86,6 @@ def find(models_dir: Path, key: str, value: Any) -> LoadedModel | None:
         if meta.get(key) == value:
             return load(models_dir, number)
     return None
-
-
-def read_meta(models_dir: Path, number: int) -> dict[str, Any]:
-    """One version's metadata."""
-    meta: dict[str, Any] = json.loads((models_dir / f"model-v{number}.json").read_text())
-    return meta
 
 
 def _save_next(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: float,

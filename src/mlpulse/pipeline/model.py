@@ -16,7 +16,8 @@ from aiormq.abc import DeliveredMessage
 
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
-from mlpulse.ml.registry import LoadedModel, ensure_model, load, versions
+from mlpulse.ml.meta import versions
+from mlpulse.ml.registry import LoadedModel, ensure_model, load
 from mlpulse.store import PREFIX, Redis, connect_redis, count_rejected
 from mlpulse.wire import EVENTS_EXCHANGE, FEATURES, Y_PRED, Event, Rejected, decode_frame, encode
 
