@@ -196,3 +196,21 @@ def test_up_restarts_a_killed_child_and_stops_every_child_on_sigterm(
         for p in seen:
             if _alive(p):
                 p.kill()
+
+
+def test_json_log_lines_carry_the_role_and_a_message_id_where_there_is_one() -> None:
+    import json
+    import logging
+
+    from mlpulse.runtime import JsonFormatter
+
+    formatter = JsonFormatter("metric")
+    with_id = logging.LogRecord("mlpulse.broker", logging.WARNING, __file__, 1,
+                                "dead-lettered a message from %s", ("y_true",), None)
+    with_id.msg_id = "4f2a"
+    plain = logging.LogRecord("mlpulse.broker", logging.INFO, __file__, 1, "ready", (), None)
+    first, second = json.loads(formatter.format(with_id)), json.loads(formatter.format(plain))
+    assert first["role"] == second["role"] == "metric"
+    assert first["msg"] == "dead-lettered a message from y_true"
+    assert first["msg_id"] == "4f2a"
+    assert "msg_id" not in second

@@ -29,16 +29,16 @@ class JsonFormatter(logging.Formatter):
         self.role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        doc: dict[str, object] = {
             "ts": record.created,
             "level": record.levelname.lower(),
             "role": self.role,
             "logger": record.name,
             "msg": record.getMessage(),
-        }  # type: dict[str, object]
-        for field in ("msg_id", "task_id"):  # set through `extra=` where there is one
-            if hasattr(record, field):
-                doc[field] = getattr(record, field)
+        }
+        msg_id = getattr(record, "msg_id", None)  # set through `extra=` where there is one
+        if msg_id is not None:
+            doc["msg_id"] = msg_id
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
