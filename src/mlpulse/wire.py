@@ -45,7 +45,7 @@ class Rejected:
     payload: bytes
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
@@ -73,7 +73,8 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _number(value: Any, where: str) -> float:
+def finite_number(value: Any, where: str) -> float:
+    """A JSON number that is finite; a `ValueError` saying what `where` holds otherwise."""
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
@@ -89,7 +90,7 @@ def _number(value: Any, where: str) -> float:
 
 def number_body(body: Any) -> float:
     """A y_true or y_pred body: one finite number."""
-    return _number(body, "body")
+    return finite_number(body, "body")
 
 
 def features_body(body: Any, n_features: int | None) -> list[float]:
@@ -98,7 +99,7 @@ def features_body(body: Any, n_features: int | None) -> list[float]:
         raise _Invalid("not_numeric", f"body must be a list of numbers, not {_json_type(body)}")
     if n_features is not None and len(body) != n_features:
         raise _Invalid("wrong_length", f"expected {n_features} features, got {len(body)}")
-    return [_number(x, f"body[{i}]") for i, x in enumerate(body)]
+    return [finite_number(x, f"body[{i}]") for i, x in enumerate(body)]
 
 
 def _loads(raw: bytes) -> Any:

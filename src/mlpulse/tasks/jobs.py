@@ -13,6 +13,7 @@ import mmap
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from mlpulse.ml import registry
 from mlpulse.ml.data import diabetes, read_csv
 from mlpulse.tasks import labels
 from mlpulse.tasks.app import app, settings
-from mlpulse.tasks.records import client, now, progress, update
+from mlpulse.tasks.records import client, progress, update
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,15 @@ class Tracked(Task):  # type: ignore[misc]
     finishes = True  # False when other tasks finish the job (batch scoring)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        update(task_id, state="STARTED", started=now())
+        update(task_id, state="STARTED", started=time.time())
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if self.finishes:
-            update(task_id, state="SUCCESS", finished=now(), result=retval)
+            update(task_id, state="SUCCESS", finished=time.time(), result=retval)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
-        update(task_id, state="FAILURE", finished=now(), error=describe(exc))
+        update(task_id, state="FAILURE", finished=time.time(), error=describe(exc))
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                  einfo: Any) -> None:
@@ -64,7 +65,7 @@ class JobPart(Task):  # type: ignore[misc]
                    einfo: Any) -> None:
         job = kwargs.get("job_id") or (args[0] if args else None)
         if job:
-            update(job, state="FAILURE", finished=now(), error=describe(exc))
+            update(job, state="FAILURE", finished=time.time(), error=describe(exc))
 
 
 def describe(exc: BaseException) -> str:
@@ -246,7 +247,7 @@ def merge_scores(self: Task, job_id: str, version: str, chunks: int, total: int,
             tmp.unlink(missing_ok=True)
             if not final.exists():  # a concurrent merge that finished first removed the parts
                 raise
-    update(job_id, state="SUCCESS", finished=now(), done=total, total=total,
+    update(job_id, state="SUCCESS", finished=time.time(), done=total, total=total,
            result={"file": final.name, "rows": total, "model_version": version,
                    "media_type": "text/csv"})
     shutil.rmtree(parts, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ import redis
 
 from mlpulse.store import PREFIX
 from mlpulse.tasks.records import Y_TRUE_QUEUE, client, publish
-from mlpulse.wire import Y_TRUE, canonical_id, encode
+from mlpulse.wire import Y_TRUE, canonical_id, encode, finite_number
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +94,13 @@ def _check(items: list[Any], first_row: int = 1) -> tuple[list[dict[str, Any]], 
         if not isinstance(item, dict) or "id" not in item or "y_true" not in item:
             bad.append(f'row {n}: expected {{"id": ..., "y_true": ...}}, got {item!r:.80}')
             continue
+        raw = item["y_true"]
         try:
             cid = canonical_id(item["id"])
-            value = float(item["y_true"])
-        except (TypeError, ValueError) as exc:
-            bad.append(f"row {n}: {exc}")
-            continue
-        if not math.isfinite(value):
-            bad.append(f"row {n}: y_true is not a finite number ({item['y_true']!r})")
+            # A CSV cell is text; a JSON value must be a number, as on the wire.
+            value = finite_number(float(raw) if isinstance(raw, str) else raw, "y_true")
+        except ValueError as exc:
+            bad.append(f"row {n}: {exc} ({raw!r})")
             continue
         if cid in seen:
             continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +34,7 @@ return {1, redis.call('HGETALL', KEYS[1])}
 """
 
 _client: redis.Redis | None = None
+_update_script: Any = None
 
 
 def client() -> redis.Redis:
@@ -58,7 +58,10 @@ def update(task_id: str, *, tell: bool = True, **fields: Any) -> dict[str, Any] 
     args: list[Any] = [taskbus.RECORD_TTL]
     for name, value in fields.items():
         args.extend((name, _encode(value)))
-    found = client().eval(_UPDATE, 1, taskbus.record_key(task_id), *args)
+    global _update_script
+    if _update_script is None:
+        _update_script = client().register_script(_UPDATE)  # sent once, then by its hash
+    found = _update_script(keys=[taskbus.record_key(task_id)], args=args)
     if not found:
         return None
     changed, flat = found
@@ -87,7 +90,3 @@ def publish(routing_key: str, body: bytes, exchange: Exchange | str = "",
                                       "interval_step": 0.5, "interval_max": 2},
         )
 
-
-def now() -> float:
-    """Wall-clock seconds, for record timestamps."""
-    return time.time()
