@@ -11,13 +11,16 @@ from mlpulse.wire import canonical_id, decode_frame
 
 @pytest.mark.parametrize(("raw", "text"), [
     ("abc", "abc"), (1, "1"), (-7, "-7"), (1.0, "1.0"), (0.1, "0.1"),
-    (1700000000.123456, "1700000000.123456"), (10**30, str(10**30)),
+    (1700000000.123456, "1700000000.123456"), (2**64 - 1, str(2**64 - 1)),
+    (-(2**63), str(-(2**63))), ("a,\"b\" é ✓", "a,\"b\" é ✓"),
 ])
 def test_canonical_id(raw: object, text: str) -> None:
     assert canonical_id(raw) == text
 
 
-@pytest.mark.parametrize("raw", [True, None, [], {}, float("nan"), float("inf"), ""])
+@pytest.mark.parametrize("raw", [True, None, [], {}, float("nan"), float("inf"), "", "a\nb",
+                                 "a\rb", "\x00", "\x85", "\ud800", "x" * 1025, 2**64,
+                                 -(2**63) - 1, 10**30])
 def test_not_an_id(raw: object) -> None:
     with pytest.raises(ValueError, match="id"):
         canonical_id(raw)
@@ -72,3 +75,51 @@ def test_extra_keys_are_kept_and_ids_keep_their_sent_form() -> None:
     assert events[0].id == "1.5"
     assert events[0].raw_id == 1.5
     assert events[0].extra == {"ts": 3.0, "model_version": "v2"}
+
+
+# Each class of poison an adversarial review found, as the raw bytes that carried it.
+POISON = {
+    "newline in model_version": (b'{"id": "v", "body": 1, "model_version": "v1\\nx"}',
+                                 "bad_extra"),
+    "CR in an id": (b'{"id": "a\\rb", "body": 1}', "bad_id"),
+    "LF in an id": (b'{"id": "a\\nb", "body": 1}', "bad_id"),
+    "lone surrogate in an id": (b'{"id": "\\ud800", "body": 1}', "bad_id"),
+    "lone surrogate in an extra": (b'{"id": "s", "body": 1, "note": "\\udfff"}', "bad_extra"),
+    "extra nested 300 deep": (b'{"id": "d", "body": 1, "x": ' + b"[" * 300 + b"]" * 300 + b"}",
+                              "bad_extra"),
+    "ts too large for a float": (b'{"id": "t", "body": 1, "ts": 1' + b"0" * 400 + b"}",
+                                 "bad_extra"),
+    "ts of 1e400": (b'{"id": "t", "body": 1, "ts": 1e400}', "bad_extra"),
+    "label whose square overflows": (b'{"id": "o", "body": 1.4e154}', "out_of_range"),
+    "integer id beyond 64 bits": (b'{"id": 18446744073709551617, "body": 1}', "bad_id"),
+}
+
+
+@pytest.mark.parametrize("name", POISON)
+def test_poison_is_refused_alone_in_a_batch(name: str) -> None:
+    element, code = POISON[name]
+    frame = b"[" + b'{"id": "good-1", "body": 2.5},' + element + b', {"id": 7, "body": -1}]'
+    events, rejected = decode_frame(frame, numeric=True)
+    assert [e.id for e in events] == ["good-1", "7"]
+    assert [r.code for r in rejected] == [code]
+    # Only the bad element goes to the dead-letter queue, and its payload is JSON again.
+    assert json.loads(rejected[0].payload)["id"] == json.loads(element)["id"]
+
+
+def test_integer_ids_beyond_64_bits_never_collapse_into_one() -> None:
+    frame = b'[{"id": 18446744073709551616, "body": 1}, {"id": 18446744073709551617, "body": 1}]'
+    events, rejected = decode_frame(frame, numeric=True)
+    assert not events
+    assert [r.code for r in rejected] == ["bad_id", "bad_id"]
+    # Within 64 bits, neighbours stay apart even when orjson is not the parser.
+    frame = b'[{"id": 18446744073709551614, "body": 1}, {"id": 18446744073709551615, "body": 1}]'
+    events, _ = decode_frame(frame, numeric=True)
+    assert [e.id for e in events] == ["18446744073709551614", "18446744073709551615"]
+
+
+def test_features_beyond_the_value_bound_are_refused() -> None:
+    events, rejected = decode_frame(b'{"id": 1, "body": [1, -1e101, 3]}', numeric=False,
+                                    n_features=3)
+    assert not events
+    assert rejected[0].code == "out_of_range"
+    assert "body[1]" in rejected[0].reason

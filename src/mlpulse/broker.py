@@ -21,7 +21,7 @@ from pamqp import commands as amqp_spec
 
 from mlpulse import metrics
 from mlpulse.config import Settings
-from mlpulse.errors import ServiceUnavailable
+from mlpulse.errors import Backpressure, ServiceUnavailable
 from mlpulse.wire import (
     CODE_HEADER,
     DATA_QUEUES,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # Errors after which the same work, tried again later, can succeed.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    Backpressure,
     ConnectionError,
     TimeoutError,
     asyncio.TimeoutError,

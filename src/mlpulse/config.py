@@ -75,6 +75,22 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     publish_interval: float = Field(0.5, gt=0)
 
+    # HTTP bounds: what one request may make the gateway buffer, and for how long.
+    http_max_header_bytes: int = Field(16 * 1024, ge=1024)
+    http_max_request_line: int = Field(8 * 1024, ge=256)
+    http_header_timeout: float = Field(10.0, gt=0)
+    http_keepalive: float = Field(5.0, gt=0)
+
+    # Tasks: what one user may have running and submit, and how long files are kept.
+    tasks_max_running: int = Field(10, ge=1)
+    tasks_per_minute: int = Field(60, ge=1)
+    retention_days: float = Field(7.0, gt=0)
+
+    # Failure paths: a stop finishes within this bound whatever the backends do, and a
+    # lost broker or Redis is tried again at least this often.
+    stop_timeout: float = Field(10.0, gt=0)
+    reconnect_max_delay: float = Field(5.0, gt=0)
+
     def origins(self) -> set[str]:
         """Origins allowed to open a WebSocket: the setting, or this host on the HTTP port."""
         if self.allowed_origins:

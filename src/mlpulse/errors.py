@@ -13,5 +13,5 @@ class ServiceUnavailable(MlpulseError):
     """RabbitMQ or Redis cannot be reached."""
 
 
-class BadMessage(MlpulseError):
-    """A message cannot be processed; the text says why, for the dead-letter header."""
+class Backpressure(MlpulseError):
+    """Work downstream is behind (the log is not being written); try the same work later."""

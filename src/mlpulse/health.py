@@ -32,6 +32,24 @@ BEAT_EVERY = 5.0
 BEAT_TTL = 20
 # The command word and the name a role beats under differ for one role.
 ALIASES = {"produce": "producer"}
+# What this process cannot do right now (a full disk, say), by what it concerns. Every
+# heartbeat carries them, so `mlpulse doctor` and the gateway's /healthz can tell.
+_problems: dict[str, str] = {}
+
+
+def report_problem(what: str, text: str) -> None:
+    """Say, until `clear_problem(what)`, that this process cannot do `what`."""
+    _problems[what] = text
+
+
+def clear_problem(what: str) -> bool:
+    """Take back a problem; True if there was one."""
+    return _problems.pop(what, None) is not None
+
+
+def problems() -> list[str]:
+    """This process's problems right now."""
+    return list(_problems.values())
 
 
 def heartbeat_key(role: str, host: str | None = None) -> str:
@@ -40,7 +58,7 @@ def heartbeat_key(role: str, host: str | None = None) -> str:
 
 
 def _beat_value() -> str:
-    return json.dumps({"pid": os.getpid(), "ts": time.time()})
+    return json.dumps({"pid": os.getpid(), "ts": time.time(), "problems": problems()})
 
 
 async def beat_forever(settings: Settings, role: str, stop: asyncio.Event) -> None:
@@ -104,7 +122,25 @@ def role_is_alive(settings: Settings, role: str) -> tuple[bool, str]:
     if raw is None:
         return False, f"no heartbeat from {role} on {socket.gethostname()} in {BEAT_TTL}s"
     beat = json.loads(raw)
-    return True, f"{role} (pid {beat['pid']}) beat {time.time() - beat['ts']:.1f}s ago"
+    seen = f"{role} (pid {beat['pid']}) beat {time.time() - beat['ts']:.1f}s ago"
+    trouble = beat.get("problems") or []
+    if trouble:
+        return False, f"{seen}, and reports: {'; '.join(trouble)}"
+    return True, seen
+
+
+async def role_problems(client: redis.asyncio.Redis) -> dict[str, list[str]]:
+    """The problems every live role reports, by `<role>:<host>`."""
+    keys = [k async for k in client.scan_iter(match=heartbeat_key("*", "*"), count=200)]
+    found: dict[str, list[str]] = {}
+    for key, raw in zip(keys, await client.mget(keys) if keys else [], strict=True):
+        if raw is None:
+            continue
+        trouble = json.loads(raw).get("problems") or []
+        if trouble:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            found[name.removeprefix(f"{PREFIX}heartbeat:")] = trouble
+    return found
 
 
 def role_of_pid1() -> str | None:

@@ -1,5 +1,8 @@
 -- Join a batch of halves atomically. Each half is {side, id, value, version, meta}:
--- side "t" (y_true) or "p" (y_pred); value as exact decimal text; meta as JSON text.
+-- side "t" (y_true) or "p" (y_pred); value as exact decimal text; meta as text.
+-- Stored halves and done markers are MessagePack arrays, so no text a half carries can
+-- be mistaken for a separator. Nothing is written when the outbox is over its bound (the
+-- CSV sink is not keeping up, e.g. a full disk): the caller holds its messages unacked.
 -- A half either waits in pending:<side> (with a deadline for the sweeper), completes a
 -- pair, or is recognised as a duplicate or a conflict of one already seen. Completed
 -- pairs are appended to the stream `joined` (the CSV sink's outbox) and counted in the
@@ -10,13 +13,10 @@ local join_ttl = tonumber(ARGV[3])
 local done_ttl = math.max(1, math.floor(tonumber(ARGV[4])))
 local width = tonumber(ARGV[5])
 local nbins = tonumber(ARGV[6])
-local halves = cjson.decode(ARGV[7])
+local outbox_max = tonumber(ARGV[8])
 
-local function split(s)
-  local a = string.find(s, "\n", 1, true)
-  local b = string.find(s, "\n", a + 1, true)
-  return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
-end
+if redis.call("XLEN", P .. "joined") > outbox_max then return {-1, 0, 0} end
+local halves = cjson.decode(ARGV[7])
 
 local function fmt(x) return string.format("%.17g", x) end
 
@@ -30,13 +30,14 @@ for i = 1, #halves do
   local other = (side == "t") and "p" or "t"
   local done = redis.call("GET", P .. "done:" .. id)
   if done then
-    local nl = string.find(done, "\n", 1, true)
-    local seen = (side == "t") and string.sub(done, 1, nl - 1) or string.sub(done, nl + 1)
+    local pair = cmsgpack.unpack(done)
+    local seen = (side == "t") and pair[1] or pair[2]
     if seen == value then dup = dup + 1 else conflict = conflict + 1 end
   else
     local partner = redis.call("HGET", P .. "pending:" .. other, id)
     if partner then
-      local pv, pver, pmeta = split(partner)
+      local half = cmsgpack.unpack(partner)
+      local pv, pver, pmeta = half[1], half[2], half[3]
       redis.call("HDEL", P .. "pending:" .. other, id)
       redis.call("ZREM", P .. "deadline:" .. other, id)
       local t, p, tmeta, pmeta2, ver
@@ -45,7 +46,7 @@ for i = 1, #halves do
       else
         t, p, tmeta, pmeta2, ver = pv, value, pmeta, meta, version
       end
-      redis.call("SET", P .. "done:" .. id, t .. "\n" .. p, "EX", done_ttl)
+      redis.call("SET", P .. "done:" .. id, cmsgpack.pack({t, p}), "EX", done_ttl)
       local err = math.abs(tonumber(t) - tonumber(p))
       n = n + 1
       sum_abs = sum_abs + err
@@ -61,10 +62,10 @@ for i = 1, #halves do
     else
       local mine = redis.call("HGET", P .. "pending:" .. side, id)
       if mine then
-        local mv = split(mine)
+        local mv = cmsgpack.unpack(mine)[1]
         if mv == value then dup = dup + 1 else conflict = conflict + 1 end
       else
-        redis.call("HSET", P .. "pending:" .. side, id, value .. "\n" .. version .. "\n" .. meta)
+        redis.call("HSET", P .. "pending:" .. side, id, cmsgpack.pack({value, version, meta}))
         redis.call("ZADD", P .. "deadline:" .. side, now + join_ttl, id)
       end
     end

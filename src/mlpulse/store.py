@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from mlpulse.config import Settings
-from mlpulse.errors import ServiceUnavailable
+from mlpulse.errors import Backpressure, ServiceUnavailable
 
 PREFIX = "mlpulse:"
 AGG = PREFIX + "agg"
@@ -26,6 +26,10 @@ PLOT_DRAWN = PREFIX + "plot:drawn"
 SINK_POS = PREFIX + "sink:pos"
 RECENT = PREFIX + "recent"
 SECOND = PREFIX + "sec:"
+
+# Outbox entries (one per join step) the CSV sink may fall behind by before joins wait:
+# a disk that stays full holds new messages in RabbitMQ rather than in Redis's memory.
+OUTBOX_MAX = 1000
 
 Redis = aioredis.Redis
 
@@ -73,12 +77,17 @@ class JoinStore:
         self._sweep = client.register_script(load_script("sweep.lua"))
 
     async def join(self, halves_json: bytes, now: float) -> JoinOutcome:
-        """Store or complete each half of a JSON list `[side, id, value, version, meta]`."""
+        """Store or complete each half of a JSON list `[side, id, value, version, meta]`.
+
+        Raises `Backpressure`, having changed nothing, while the outbox is full."""
         s = self.settings
         joined, dup, conflict = await self._join(
             args=[PREFIX, repr(now), repr(s.join_ttl), repr(s.done_ttl),
-                  repr(s.hist_bin_width), s.hist_bins, halves_json]
+                  repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX]
         )
+        if joined < 0:
+            raise Backpressure(f"the metric log is over {OUTBOX_MAX} join steps behind; "
+                               "holding new messages until it catches up")
         return JoinOutcome(int(joined), int(dup), int(conflict))
 
     async def sweep(self, now: float, limit: int = 5000) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,19 @@ DATA_QUEUES = (FEATURES, Y_TRUE, Y_PRED)
 REASON_HEADER = "x-mlpulse-reason"
 QUEUE_HEADER = "x-mlpulse-queue"
 CODE_HEADER = "x-mlpulse-code"
+
+# Every number on the wire is finite and within this bound, so an error, its square and
+# their sums stay finite in the aggregates (a Redis script is not rolled back).
+MAX_ABS_VALUE = 1e100
+# Ids and versions become Redis keys and CSV cells: bounded, and never a line break.
+MAX_ID_CHARS = 1024
+MAX_VERSION_CHARS = 128
+# Integer ids must survive every JSON codec on the way (orjson writes at most 64 bits).
+MIN_INT_ID, MAX_INT_ID = -(2**63), 2**64 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# orjson reads an integer beyond 64 bits as a float, so 2**64 + 1 and 2**64 + 2 would
+# become one id; a frame with a run of 20 digits is read by the exact parser instead.
+_LONG_DIGITS = re.compile(rb"\d{20}")
 
 
 @dataclass(slots=True)
@@ -53,19 +67,38 @@ class _Invalid(ValueError):
 
 
 def canonical_id(value: Any) -> str:
-    """The id as comparable text; raises `ValueError` for anything that is not an id."""
+    """The id as comparable text; raises `ValueError` for anything that is not an id.
+
+    A string id is text of at most `MAX_ID_CHARS` characters with no control character
+    (so a log line is always one record); an integer id fits in 64 bits."""
     kind = type(value)
     if kind is str:
         if not value:
             raise ValueError("id is an empty string")
+        if len(value) > MAX_ID_CHARS:
+            raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
+        if _CONTROL.search(value):
+            raise ValueError("id contains a control character (such as a line break)")
+        if not value.isascii() and not _is_unicode(value):
+            raise ValueError("id is not valid Unicode text (a lone surrogate)")
         return str(value)
     if kind is int:
+        if not MIN_INT_ID <= value <= MAX_INT_ID:
+            raise ValueError("id is an integer beyond 64 bits: send it as a string")
         return str(value)
     if kind is float:
         if not math.isfinite(value):
             raise ValueError("id is NaN or infinite")
         return repr(value)
     raise ValueError(f"id must be a string or a number, not {_json_type(value)}")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:
@@ -79,13 +112,16 @@ def finite_number(value: Any, where: str) -> float:
     if kind is float:
         if not math.isfinite(value):
             raise _Invalid("not_finite", f"{where} is NaN or infinite")
-        return float(value)
-    if kind is int:
+    elif kind is int:
         try:
-            return float(value)
+            value = float(value)
         except OverflowError:
             raise _Invalid("not_finite", f"{where} is too large for a float") from None
-    raise _Invalid("not_numeric", f"{where} must be a number, not {_json_type(value)}")
+    else:
+        raise _Invalid("not_numeric", f"{where} must be a number, not {_json_type(value)}")
+    if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        raise _Invalid("out_of_range", f"{where} is beyond ±{MAX_ABS_VALUE:g}")
+    return float(value)
 
 
 def number_body(body: Any) -> float:
@@ -102,17 +138,24 @@ def features_body(body: Any, n_features: int | None) -> list[float]:
     return [finite_number(x, f"body[{i}]") for i, x in enumerate(body)]
 
 
-def _loads(raw: bytes) -> Any:
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """The document, and whether it was read by the exact (slower) parser."""
+    orjson_error: orjson.JSONDecodeError | None
     try:
-        return orjson.loads(raw)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         orjson_error = exc
-    # Python's json writes NaN and Infinity by default; accept them here so that such a
-    # message is refused for its value, with a reason that says so, not as "not JSON".
+    else:
+        if _LONG_DIGITS.search(raw) is None:
+            return doc, False
+        orjson_error = None
+    # The standard parser keeps big integers exact and reads what orjson refuses: NaN and
+    # Infinity (Python's json writes them by default) and lone surrogates. Such an element
+    # is then refused for its value, with a reason that says so, not as "not JSON".
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise _Invalid("not_json", f"not JSON: {orjson_error}") from None
+        return json.loads(raw), True
+    except (ValueError, RecursionError) as exc:
+        raise _Invalid("not_json", f"not JSON: {orjson_error or exc}") from None
 
 
 def decode_frame(
@@ -130,7 +173,7 @@ def decode_frame(
         reason = f"message is {len(raw)} bytes, the limit is {max_bytes}"
         return [], [Rejected("too_large", reason, raw)]
     try:
-        doc = _loads(raw)
+        doc, exact = _loads(raw)
     except _Invalid as exc:
         return [], [Rejected(exc.code, exc.reason, raw)]
     if isinstance(doc, list):
@@ -141,14 +184,14 @@ def decode_frame(
     rejected: list[Rejected] = []
     for item in items:
         try:
-            events.append(_event(item, numeric, n_features))
+            events.append(_event(item, numeric, n_features, exact))
         except _Invalid as exc:
             payload = raw if single else _dumps_lenient(item)
             rejected.append(Rejected(exc.code, exc.reason, payload))
     return events, rejected
 
 
-def _event(item: Any, numeric: bool, n_features: int | None) -> Event:
+def _event(item: Any, numeric: bool, n_features: int | None, exact: bool) -> Event:
     if type(item) is not dict:
         raise _Invalid("bad_shape", f'an event must be an object {{"id", "body"}}, not '
                        f"{_json_type(item)}")
@@ -163,7 +206,34 @@ def _event(item: Any, numeric: bool, n_features: int | None) -> Event:
         raise _Invalid("bad_id", str(exc)) from None
     body = number_body(item["body"]) if numeric else features_body(item["body"], n_features)
     extra = {k: v for k, v in item.items() if k != "id" and k != "body"} if len(item) > 2 else {}
+    if extra:
+        _check_extra(extra, exact)
     return Event(cid, raw_id, body, extra)
+
+
+def _check_extra(extra: dict[str, Any], exact: bool) -> None:
+    """Extra keys are kept and sent on, so each must survive being written again."""
+    version = extra.get("model_version")
+    if version is not None and not _is_version(version):
+        raise _Invalid("bad_extra", "model_version must be text of at most "
+                       f"{MAX_VERSION_CHARS} characters without control characters")
+    # What orjson read, it writes back, but for containers nested deeper than it writes.
+    # What the exact parser read may hold big integers, non-finite numbers or lone
+    # surrogates: each is refused here, not in the middle of a batch further on.
+    if exact or any(type(v) is dict or type(v) is list for v in extra.values()):
+        try:
+            orjson.dumps(extra)
+            if exact:
+                json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise _Invalid("bad_extra", f"an extra key cannot be kept: {exc}") from None
+
+
+def _is_version(version: Any) -> bool:
+    if type(version) is int:
+        return True
+    return (type(version) is str and 0 < len(version) <= MAX_VERSION_CHARS
+            and not _CONTROL.search(version) and _is_unicode(version))
 
 
 def _dumps_lenient(item: Any) -> bytes:

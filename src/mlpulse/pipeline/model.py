@@ -19,7 +19,16 @@ from mlpulse.config import Settings
 from mlpulse.ml.meta import versions
 from mlpulse.ml.registry import LoadedModel, ensure_model, load
 from mlpulse.store import PREFIX, Redis, connect_redis, count_rejected
-from mlpulse.wire import EVENTS_EXCHANGE, FEATURES, Y_PRED, Event, Rejected, decode_frame, encode
+from mlpulse.wire import (
+    EVENTS_EXCHANGE,
+    FEATURES,
+    MAX_ABS_VALUE,
+    Y_PRED,
+    Event,
+    Rejected,
+    decode_frame,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +60,19 @@ class Predictor:
             rejected.extend(bad)
         if events:
             X = np.array([e.body for e in events], dtype=np.float64)
-            y = model.predict(X).tolist()
-            out = [_prediction(e, p, model.version) for e, p in zip(events, y, strict=True)]
+            y = model.predict(X)
+            usable = np.isfinite(y) & (np.abs(y) <= MAX_ABS_VALUE)
+            if not usable.all():
+                # The model answered something the wire cannot carry: refuse that event
+                # with the reason, and send the rest.
+                for i in np.flatnonzero(~usable).tolist():
+                    rejected.append(Rejected("out_of_range", f"model {model.version} "
+                                             f"predicted {y[i]!r}, beyond ±{MAX_ABS_VALUE:g}",
+                                             encode(_prediction(events[i], None, None))))
+                events = [e for e, ok in zip(events, usable.tolist(), strict=True) if ok]
+                y = y[usable]
+            out = [_prediction(e, p, model.version)
+                   for e, p in zip(events, y.tolist(), strict=True)]
             frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
             await publish_many(self.channel, Y_PRED, frames)
         if rejected:
@@ -90,9 +110,13 @@ class Predictor:
             await self.redis.delete(key)
 
 
-def _prediction(event: Event, value: float, version: str) -> dict[str, Any]:
+def _prediction(event: Event, value: float | None, version: str | None) -> dict[str, Any]:
+    """The y_pred event for `event`; without a value, the features event as it came."""
     doc = dict(event.extra)
-    doc.update(id=event.raw_id, body=value, model_version=version)
+    if value is None:
+        doc.update(id=event.raw_id, body=event.body)
+    else:
+        doc.update(id=event.raw_id, body=value, model_version=version)
     return doc
 
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mlpulse import health
 from mlpulse.broker import TRANSIENT_ERRORS
 from mlpulse.config import Settings
 from mlpulse.store import (
@@ -31,6 +32,7 @@ from mlpulse.store import (
 )
 
 log = logging.getLogger(__name__)
+PROBLEM = "plot"
 
 
 def render_histogram(path: Path, width: float, counts: list[int], stats: dict[str, Any]) -> None:
@@ -62,8 +64,12 @@ def render_histogram(path: Path, width: float, counts: list[int], stats: dict[st
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        try:
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the old picture stays whole; no half file is left
+            raise
     finally:
         plt.close(fig)
 
@@ -98,7 +104,15 @@ async def draw_if_new(settings: Settings, redis: Redis) -> bool:
     stats = await read_summary(redis)
     stats["p50"] = quantile_from_bins(width, counts, 0.5)
     stats["p95"] = quantile_from_bins(width, counts, 0.95)
-    await asyncio.to_thread(render_histogram, settings.plot_path, width, counts, stats)
+    try:
+        await asyncio.to_thread(render_histogram, settings.plot_path, width, counts, stats)
+    except OSError as exc:
+        problem = f"cannot write {settings.plot_path}: {exc.strerror or exc}"
+        log.warning("%s; trying again in %gs", problem, settings.plot_interval)
+        health.report_problem(PROBLEM, problem)
+        return False
+    if health.clear_problem(PROBLEM):
+        log.info("drawing %s again", settings.plot_path)
     await redis.set(PLOT_DRAWN, count)
     log.info("drew %s (%d errors)", settings.plot_path, count)
     return True

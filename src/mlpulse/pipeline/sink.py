@@ -4,6 +4,11 @@ Every row ends with its position in the outbox (`<entry id>:<index>`). After a c
 sink cuts a torn last line, reads the last position back from the file, and resumes right
 after it; outbox entries are trimmed only once their rows are on disk. A file lock makes
 one sink the writer when several metric processes share the log.
+
+No field can hold a line break (the wire refuses control characters in ids and versions,
+and every other field is a number or a time), so one line is one record, and a tail cut
+at any byte is a torn last line. A write that fails (a full disk) is cut back off the
+file and tried again until it lands; the outbox keeps the rows meanwhile.
 """
 
 from __future__ import annotations
@@ -11,35 +16,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from mlpulse import health
 from mlpulse.broker import TRANSIENT_ERRORS
-from mlpulse.store import JOINED, SINK_POS, Redis
+from mlpulse.errors import MlpulseError
+from mlpulse.store import JOINED, Redis
 
 log = logging.getLogger(__name__)
 
 HEADER = ("id", "y_true", "y_pred", "absolute_error", "model_version",
           "sent_at", "joined_at", "logged_at", "pos")
 _TAIL_BYTES = 1 << 20
+_POS = re.compile(r"^(\d+-\d+):(\d+)$")
+PROBLEM = "metric log"
+
+
+class ForeignLog(MlpulseError):
+    """The log's last line is not a row this sink wrote."""
 
 
 def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
     """Open the log for appending after cutting a torn last line; return the last position."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("a+b")
+    f = path.open("a+b", buffering=0)
     size = f.seek(0, os.SEEK_END)
     if size == 0:
-        f.write((",".join(HEADER) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            _append(f, (",".join(HEADER) + "\n").encode())
+        except OSError:
+            f.close()
+            raise
         return f, None
     start = max(0, size - _TAIL_BYTES)
     f.seek(start)
@@ -53,13 +70,16 @@ def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
         if keep == 0:
             f.close()
             return recover(path)
-    lines = tail[: end].rsplit(b"\n", 1)
-    last = lines[-1].decode()
-    row = next(csv.reader([last]))
-    if row == list(HEADER) or not row or ":" not in row[-1]:
+    last = tail[: end].rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
+    row = next(csv.reader([last]), [])
+    if row == list(HEADER):
         return f, None
-    entry, index = row[-1].rsplit(":", 1)
-    return f, (entry, int(index))
+    pos = _POS.match(row[-1]) if len(row) == len(HEADER) else None
+    if pos is None:
+        f.close()
+        raise ForeignLog(f"{path}: the last line is not a row of this log ({last[:80]!r}); "
+                         "move the file aside and start again")
+    return f, (pos.group(1), int(pos.group(2)))
 
 
 def _fmt_time(text: str) -> str:
@@ -96,13 +116,34 @@ class CsvSink:
         if lock is None:
             return
         try:
-            f, pos = await asyncio.to_thread(recover, self.path)
+            opened = await self._open(finish)
+            if opened is None:
+                return
+            f, pos = opened
             try:
                 await self._copy(f, pos, finish)
             finally:
                 f.close()
         finally:
             lock.close()
+
+    async def _open(self, finish: asyncio.Event) -> tuple[IO[bytes], tuple[str, int] | None] | None:
+        """Recover the log, waiting while the disk refuses even its header."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(recover, self.path)
+            except ForeignLog:
+                raise
+            except OSError as exc:
+                problem = f"cannot open {self.path}: {exc.strerror or exc}"
+            log.warning("%s; retrying in %.1fs", problem, delay)
+            health.report_problem(PROBLEM, problem)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finish.wait(), delay)
+            if finish.is_set():
+                return None
+            delay = min(delay * 2, 5.0)
 
     async def _acquire(self, finish: asyncio.Event) -> IO[str] | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +186,19 @@ class CsvSink:
                 elif draining:
                     return
                 delay = 0.2
+            except DiskProblem as exc:
+                # Nothing of the failed write stays in the file and `last_id` did not
+                # move: the same rows are written again once there is room.
+                if draining:
+                    log.warning("stopping with rows not written (%s); the next start "
+                                "writes them from the outbox", exc)
+                    return
+                log.warning("%s; retrying in %.1fs, joins wait once the outbox is full",
+                            exc, delay)
+                health.report_problem(PROBLEM, str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finish.wait(), delay)
+                delay = min(delay * 2, 5.0)
             except TRANSIENT_ERRORS as exc:
                 # What is on disk stays; `last_id` moves only after a write, so nothing is
                 # written twice, and an untrimmed entry is trimmed with the next one.
@@ -163,20 +217,38 @@ class CsvSink:
         now = time.time()
         data = "".join(format_rows(_text(entry), fields, skip, now)
                        for entry, fields, skip in entries).encode()
-        await asyncio.to_thread(_append, f, data)
+        try:
+            await asyncio.to_thread(_append, f, data)
+        except OSError as exc:
+            raise DiskProblem(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        if health.clear_problem(PROBLEM):
+            log.info("writing %s again", self.path)
 
     async def _trim(self, last_id: str) -> None:
         # Everything before the last entry is on disk; the last one is kept so the
         # position in the file always names an entry that still exists.
         await self.redis.xtrim(JOINED, minid=last_id)
-        await self.redis.set(SINK_POS, last_id)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class DiskProblem(MlpulseError):
+    """The log cannot be written right now (a full disk, a quota, an I/O error)."""
+
+
 def _append(f: IO[bytes], data: bytes) -> None:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+    """Append all of `data` and fsync, or leave the file as it was and raise `OSError`."""
+    start = f.seek(0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            written = f.write(view)
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[written:]
+        os.fsync(f.fileno())
+    except OSError:
+        f.truncate(start)  # a partial row must not stay: it would be written again
+        raise
