@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -132,14 +133,16 @@ def role_is_alive(settings: Settings, role: str) -> tuple[bool, str]:
 async def role_problems(client: redis.asyncio.Redis) -> dict[str, list[str]]:
     """The problems every live role reports, by `<role>:<host>`."""
     keys = [k async for k in client.scan_iter(match=heartbeat_key("*", "*"), count=200)]
+    return _problems_by_role(keys, await client.mget(keys) if keys else [])
+
+
+def _problems_by_role(keys: list[Any], beats: list[Any]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
-    for key, raw in zip(keys, await client.mget(keys) if keys else [], strict=True):
-        if raw is None:
-            continue
-        trouble = json.loads(raw).get("problems") or []
+    for key, raw in zip(keys, beats, strict=True):
+        trouble = json.loads(raw).get("problems") if raw is not None else None
         if trouble:
             name = key.decode() if isinstance(key, bytes) else str(key)
-            found[name.removeprefix(f"{PREFIX}heartbeat:")] = trouble
+            found[name.removeprefix(f"{PREFIX}heartbeat:")] = list(trouble)
     return found
 
 
@@ -174,7 +177,24 @@ def run_checks(settings: Settings) -> list[Check]:
                         ("models dir", settings.models_dir)):
         checks.append(_writable(label, path))
     checks.append(_model(settings))
+    if checks[1].ok:
+        checks.append(_roles(settings))
     return checks
+
+
+def _roles(settings: Settings) -> Check:
+    client = redis.Redis.from_url(str(settings.redis_url), socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=heartbeat_key("*", "*"), count=200))
+        found = _problems_by_role(keys, client.mget(keys) if keys else [])
+    except (redis.RedisError, OSError) as exc:
+        return Check("roles", False, f"heartbeats unreadable ({exc})", "check Redis")
+    finally:
+        client.close()
+    if found:
+        detail = "; ".join(f"{who}: {', '.join(what)}" for who, what in sorted(found.items()))
+        return Check("roles", False, detail, "see the role's log for what it is waiting on")
+    return Check("roles", True, f"{len(keys)} running, none reports a problem")
 
 
 def _rabbitmq(settings: Settings) -> Check:

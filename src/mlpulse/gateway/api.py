@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -10,9 +11,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mlpulse.broker import TRANSIENT_ERRORS
 from mlpulse.gateway.auth import AuthError
 from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
 from mlpulse.gateway.relay import read_history
+from mlpulse.health import role_problems
 from mlpulse.store import read_histogram, read_recent, read_summary
 
 router = APIRouter()
@@ -20,15 +23,20 @@ router = APIRouter()
 
 @router.get("/healthz", tags=["ops"])
 async def healthz(gw: GatewayDep) -> Response:
-    """Redis and RabbitMQ reachability; 503 when either is down."""
+    """Redis and RabbitMQ reachability, and what any role reports it cannot do (a full
+    disk, say); 503 when either is down or a role reports a problem."""
     try:
         redis_ok = bool(await asyncio.wait_for(gw.redis.ping(), 2))
     except Exception:  # any failure means "not reachable"
         redis_ok = False
     rabbit_ok = gw.broker_ok()
-    ok = redis_ok and rabbit_ok
+    problems: dict[str, list[str]] = {}
+    if redis_ok:
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            problems = await asyncio.wait_for(role_problems(gw.redis), 2)
+    ok = redis_ok and rabbit_ok and not problems
     body = {"status": "ok" if ok else "degraded", "redis": redis_ok, "rabbitmq": rabbit_ok,
-            "connections": len(gw.hub.clients)}
+            "connections": len(gw.hub.clients), "problems": problems}
     return Response(orjson.dumps(body), status_code=200 if ok else 503,
                     media_type="application/json")
 
