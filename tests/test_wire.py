@@ -111,6 +111,10 @@ def test_integer_ids_beyond_64_bits_never_collapse_into_one() -> None:
     events, rejected = decode_frame(frame, numeric=True)
     assert not events
     assert [r.code for r in rejected] == ["bad_id", "bad_id"]
+    # Below -2**63 orjson reads 19 digits as a float too.
+    events, rejected = decode_frame(b'{"id": -9223372036854775809, "body": 1}', numeric=True)
+    assert not events
+    assert [r.code for r in rejected] == ["bad_id"]
     # Within 64 bits, neighbours stay apart even when orjson is not the parser.
     frame = b'[{"id": 18446744073709551614, "body": 1}, {"id": 18446744073709551615, "body": 1}]'
     events, _ = decode_frame(frame, numeric=True)

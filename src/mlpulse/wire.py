@@ -36,8 +36,9 @@ MAX_VERSION_CHARS = 128
 MIN_INT_ID, MAX_INT_ID = -(2**63), 2**64 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # orjson reads an integer beyond 64 bits as a float, so 2**64 + 1 and 2**64 + 2 would
-# become one id; a frame with a run of 20 digits is read by the exact parser instead.
-_LONG_DIGITS = re.compile(rb"\d{20}")
+# become one id (and one below -2**63, with 19 digits, likewise); a frame with a run of
+# 19 digits is read by the exact parser instead.
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 @dataclass(slots=True)
