@@ -14,6 +14,7 @@ from typing import Any
 import uvloop
 
 from mlpulse.config import Settings
+from mlpulse.redact import RedactingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings, role: str) -> None:
-    """Human-readable lines by default, JSON with MLPULSE_LOG_FORMAT=json."""
+    """Human-readable lines by default, JSON with MLPULSE_LOG_FORMAT=json; no tokens."""
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter(role))
+        formatter = JsonFormatter(role)
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                      "%H:%M:%S")
+    # On the root handler, so every logger's lines are covered, the access log included.
+    handler.setFormatter(RedactingFormatter(formatter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

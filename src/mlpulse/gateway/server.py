@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 from collections.abc import Generator
 
@@ -24,19 +23,6 @@ from mlpulse.taskbus import make_celery
 log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
-_TOKEN = re.compile(r"(token=)[^&\s\"]+")
-
-
-class RedactTokens(logging.Filter):
-    """Keeps tokens out of Uvicorn's access and connection lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a
-                                for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = _TOKEN.sub(r"\1***", record.msg)
-        return True
 
 
 class _Server(uvicorn.Server):
@@ -57,8 +43,6 @@ def login_banner(settings: Settings, secret: bytes) -> str:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the gateway until `stop`; if one of its tasks dies, fail loudly."""
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
     secret, first_start = load_secret(settings)
     redis = await connect_redis(settings)
     hub = Hub(settings.ws_outbox)
