@@ -11,6 +11,7 @@ whose work is spread over many Celery tasks, has one record under the id its own
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from mlpulse.config import Settings
 from mlpulse.store import PREFIX
 
 TASK_QUEUE = "mlpulse.tasks"
+TASK_ID = re.compile(r"[0-9a-f]{32}")
 RECORD_TTL = 7 * 86400
 
 # Kinds a user can start, and the Celery task that runs each.
@@ -30,6 +32,8 @@ KINDS = {
     "report": "mlpulse.report",
     "collect-labels": "mlpulse.collect_labels",
 }
+# Run by Beat only: deletes uploads and results older than MLPULSE_RETENTION_DAYS.
+SWEEP_TASK = "mlpulse.sweep_files"
 ADMIN_KINDS = frozenset({"retrain", "collect-labels"})
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
 # Fields stored as JSON inside the hash.
@@ -41,7 +45,9 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
     """A Celery app on RabbitMQ with Redis results, JSON only, acked after the work."""
     app = Celery("mlpulse", broker=str(settings.amqp_url), backend=str(settings.redis_url),
                  include=include or [])
-    schedule: dict[str, Any] = {}
+    schedule: dict[str, Any] = {
+        "sweep-files": {"task": SWEEP_TASK, "schedule": sweep_interval(settings)},
+    }
     if settings.labels_url:
         schedule["collect-labels"] = {"task": KINDS["collect-labels"],
                                       "schedule": settings.labels_interval}
@@ -65,6 +71,17 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         beat_schedule=schedule,
     )
     return app
+
+
+def is_task_id(text: str) -> bool:
+    """Whether `text` has the shape of a task id (a uuid4's 32 lower-case hex digits)."""
+    return TASK_ID.fullmatch(text) is not None
+
+
+def sweep_interval(settings: Settings) -> float:
+    """How often Beat deletes old files: hourly, or 24 times per retention if that is
+    shorter, so nothing outlives the retention by more than a twenty-fourth of it."""
+    return min(3600.0, max(10.0, settings.retention_days * 86400 / 24))
 
 
 def record_key(task_id: str) -> str:

@@ -102,7 +102,7 @@ def test_beat_pulls_labels_through_a_flaky_source_and_loses_none(
     labels = {"MLPULSE_LABELS_URL": f"{source.url}/labels", "MLPULSE_LABELS_INTERVAL": "1",
               "MLPULSE_LABELS_TIMEOUT": "0.5"}
     worker(concurrency=1, extra=labels)
-    spawn("beat", extra=labels, ready=r"ready: 1 periodic task")
+    spawn("beat", extra=labels, ready=r"ready: 2 periodic task")
     wait_until(lambda: env.row_count() >= 50, 120, what="50 labelled rows")
     rows = {r["id"]: r for r in env.rows()}
     assert sorted(rows) == sorted(f"L{i}" for i in range(50))

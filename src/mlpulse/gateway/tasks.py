@@ -8,20 +8,25 @@ with `send_task`, and reads records back. Only a task's owner sees it; anyone el
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis.exceptions
 from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from mlpulse import taskbus
+from mlpulse.gateway import quota
 from mlpulse.gateway.auth import User
+from mlpulse.gateway.csv_checks import check_features_csv, check_training_csv
 from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep
-from mlpulse.gateway.uploads import check_features_csv, receive_form
+from mlpulse.gateway.uploads import receive_form
 from mlpulse.ml.meta import read_meta, versions
 
 log = logging.getLogger(__name__)
@@ -42,13 +47,8 @@ async def _submit(gw: Gateway, user: User, kind: str, params: dict[str, Any],
                   kwargs: dict[str, Any], task_id: str | None = None,
                   total: int = 0) -> JSONResponse:
     task_id = task_id or uuid.uuid4().hex
-    record: dict[Any, Any] = taskbus.new_record(task_id, kind, user.name, params, total)
-    pipe = gw.redis.pipeline(transaction=True)
-    pipe.hset(taskbus.record_key(task_id), mapping=record)
-    pipe.expire(taskbus.record_key(task_id), taskbus.RECORD_TTL)
-    pipe.zadd(taskbus.owner_key(user.name), {task_id: time.time()})
-    pipe.expire(taskbus.owner_key(user.name), taskbus.RECORD_TTL)
-    await pipe.execute()
+    record = taskbus.new_record(task_id, kind, user.name, params, total)
+    await quota.admit(gw.redis, gw.settings, user.name, record)
     try:
         await asyncio.to_thread(gw.celery.send_task, taskbus.KINDS[kind], kwargs=kwargs,
                                 task_id=task_id)
@@ -82,25 +82,34 @@ def _admin(user: User) -> None:
         raise HTTPException(403, "only an admin can start this task")
 
 
+@contextlib.contextmanager
+def _kept_only_if_submitted(dest: Path) -> Iterator[None]:
+    """Whatever stops an upload short of its task (a refusal, an error, a cancelled
+    request) deletes the file."""
+    try:
+        yield
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
 @router.post("/batch-score", status_code=202)
 async def batch_score(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONResponse:
     """Score an uploaded CSV (multipart field `file`, a header row of feature names, and
     optionally an `id` column). The scored CSV is the task's result."""
+    await quota.admit(gw.redis, gw.settings, user.name)  # before the body is read
     task_id, dest = _upload_path(gw)
-    form = await receive_form(request, dest, gw.settings.max_upload_bytes)
-    if form.file is None:
-        raise HTTPException(422, "no part named 'file': send the CSV as multipart field 'file'")
-    try:
-        features = _features(gw)
-        checked = await asyncio.to_thread(check_features_csv, dest, features)
-    except HTTPException:
-        dest.unlink(missing_ok=True)
-        raise
-    params = {"filename": form.filename, "rows": checked.rows}
-    return await _submit(gw, user, "batch-score", params,
-                         {"upload": dest.name, "rows": checked.rows,
-                          "id_column": checked.id_column},
-                         task_id=task_id, total=checked.rows)
+    with _kept_only_if_submitted(dest):
+        form = await receive_form(request, dest, gw.settings.max_upload_bytes)
+        if form.file is None:
+            raise HTTPException(422, "no part named 'file': send the CSV as multipart field "
+                                     "'file'")
+        checked = await asyncio.to_thread(check_features_csv, dest, _features(gw))
+        params = {"filename": form.filename, "rows": checked.rows}
+        return await _submit(gw, user, "batch-score", params,
+                             {"upload": dest.name, "rows": checked.rows,
+                              "id_column": checked.id_column},
+                             task_id=task_id, total=checked.rows)
 
 
 @router.post("/retrain", status_code=202)
@@ -108,20 +117,20 @@ async def retrain(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONRe
     """Admin only. Train a new model version on the diabetes data or, with a multipart
     upload (`file` plus a `target` field naming the target column), on that CSV."""
     _admin(user)
-    kwargs: dict[str, Any] = {}
-    params: dict[str, Any] = {"data": "diabetes"}
-    if request.headers.get("content-type", "").startswith("multipart/"):
-        task_id, dest = _upload_path(gw)
+    if not request.headers.get("content-type", "").startswith("multipart/"):
+        return await _submit(gw, user, "retrain", {"data": "diabetes"}, {})
+    await quota.admit(gw.redis, gw.settings, user.name)
+    task_id, dest = _upload_path(gw)
+    with _kept_only_if_submitted(dest):
         form = await receive_form(request, dest, gw.settings.max_upload_bytes)
         target = form.fields.get("target", "").strip()
         if form.file is None or not target:
-            dest.unlink(missing_ok=True)
             raise HTTPException(422, "send the CSV as field 'file' and the target column's "
                                      "name as field 'target'")
+        await asyncio.to_thread(check_training_csv, dest, target)
         kwargs = {"upload": dest.name, "target": target}
         params = {"data": form.filename, "target": target}
         return await _submit(gw, user, "retrain", params, kwargs, task_id=task_id)
-    return await _submit(gw, user, "retrain", params, kwargs)
 
 
 @router.post("/report", status_code=202)
@@ -152,7 +161,12 @@ async def unknown_kind(kind: str) -> None:
 
 
 async def _mine(gw: Gateway, user: User, task_id: str) -> dict[str, Any]:
-    raw = await gw.redis.hgetall(taskbus.record_key(task_id))
+    if not taskbus.is_task_id(task_id):
+        raise HTTPException(404, "no such task")
+    try:
+        raw = await gw.redis.hgetall(taskbus.record_key(task_id))
+    except redis.exceptions.ResponseError:  # a key of another kind under the same name
+        raw = {}
     if not raw:
         raise HTTPException(404, "no such task")
     record = taskbus.parse_record(raw)
@@ -181,7 +195,8 @@ async def list_tasks(gw: GatewayDep, user: CurrentUser) -> list[dict[str, Any]]:
     for task_id in ids:
         pipe.hgetall(taskbus.record_key(task_id.decode() if isinstance(task_id, bytes)
                                         else str(task_id)))
-    found = [taskbus.parse_record(raw) for raw in await pipe.execute() if raw]
+    answers = await pipe.execute(raise_on_error=False)
+    found = [taskbus.parse_record(raw) for raw in answers if isinstance(raw, dict) and raw]
     return [_public(r) for r in found if r.get("owner") == user.name]
 
 

@@ -1,24 +1,16 @@
-"""Uploads: a multipart body streamed to disk under a size limit, then checked as a CSV."""
+"""Uploads: a multipart body streamed to disk under a size limit (checked in csv_checks)."""
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-import numpy as np
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 MAX_FIELD_BYTES = 64 * 1024
-CHECK_CHUNK_ROWS = 200_000
-ID_COLUMN = "id"
 
 
 @dataclass
@@ -123,86 +115,3 @@ async def receive_form(request: Request, dest: Path, max_bytes: int) -> Form:
         raise HTTPException(400, f"not a valid multipart body: {exc}") from None
     parts.close()
     return parts.form
-
-
-@dataclass
-class CheckedCsv:
-    """What scoring needs to know about a valid upload."""
-
-    rows: int
-    id_column: str | None
-
-
-def check_features_csv(path: Path, features: list[str]) -> CheckedCsv:
-    """Every row must hold a finite number for each feature; 422 naming the first bad cell.
-
-    Runs in a worker thread: pandas parses in C, a million rows in about a second."""
-    import pandas as pd  # imported on the first upload, not at the gateway's start
-    with path.open("rb") as f:
-        first = f.readline().decode("utf-8-sig", "replace").strip()
-    if not first:
-        raise HTTPException(422, "the CSV is empty: expected a header row of feature names")
-    header = [h.strip() for h in first.split(",")]
-    missing = [f for f in features if f not in header]
-    unknown = [h for h in header if h not in features and h != ID_COLUMN]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown column(s) {', '.join(unknown)}")
-        raise HTTPException(422, f"header: {'; '.join(parts)}. Expected the model's features "
-                                 f"{', '.join(features)}, and optionally '{ID_COLUMN}'")
-    if len(set(header)) != len(header):
-        raise HTTPException(422, "header: a column name appears twice")
-    rows = 0
-    dtypes: dict[str, Any] = {name: np.float64 for name in features}
-    if ID_COLUMN in header:
-        dtypes[ID_COLUMN] = str
-    try:
-        with warnings.catch_warnings(), pd.read_csv(
-                path, dtype=dtypes, chunksize=CHECK_CHUNK_ROWS, names=header, header=0,
-                index_col=False, encoding="utf-8-sig") as reader:
-            # pandas only warns when the first row is longer than the header, and drops
-            # the extra cells; that is an error here like any other ragged line.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            for chunk in reader:
-                _check_finite(chunk, features, rows)
-                rows += len(chunk)
-    except pd.errors.ParserWarning:
-        raise HTTPException(422, f"row 1 (line 2) has more fields than the header's "
-                                 f"{len(header)} columns") from None
-    except ValueError as exc:  # a cell that is not a number, or a ragged line
-        raise HTTPException(422, _locate(path, header, features, rows, exc)) from None
-    if rows == 0:
-        raise HTTPException(422, "the CSV has a header but no rows")
-    return CheckedCsv(rows, ID_COLUMN if ID_COLUMN in header else None)
-
-
-def _check_finite(chunk: pd.DataFrame, features: list[str], before: int) -> None:
-    values = chunk[features].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = (int(i[0]) for i in np.nonzero(bad))
-        raw = values[r, c]
-        what = "is empty" if math.isnan(raw) else f"is {raw!r}, not a finite number"
-        raise HTTPException(422, f"row {before + r + 1} (line {before + r + 2}), column "
-                                 f"'{features[c]}' {what}")
-
-
-def _locate(path: Path, header: list[str], features: list[str], before: int,
-            exc: ValueError) -> str:
-    """Find the first cell pandas refused, for a message a person can act on."""
-    import pandas as pd
-    if "Expected" in str(exc) and "fields" in str(exc):
-        return f"{str(exc).strip()} (the header has {len(header)} columns)"
-    frame = pd.read_csv(path, dtype=str, names=header, skiprows=1 + before, index_col=False,
-                        nrows=CHECK_CHUNK_ROWS, keep_default_na=False, encoding="utf-8-sig")
-    for col in features:
-        numbers = pd.to_numeric(frame[col], errors="coerce")
-        bad = np.flatnonzero(numbers.isna().to_numpy() & (frame[col] != "").to_numpy())
-        if bad.size:
-            r = int(bad[0])
-            return (f"row {before + r + 1} (line {before + r + 2}), column '{col}': "
-                    f"{frame[col].iloc[r]!r} is not a number")
-    return f"the CSV could not be read: {exc}"

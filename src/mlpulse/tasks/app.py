@@ -6,4 +6,5 @@ from mlpulse.config import load_settings
 from mlpulse.taskbus import make_celery
 
 settings = load_settings()
-app = make_celery(settings, include=["mlpulse.tasks.jobs", "mlpulse.tasks.metrics"])
+app = make_celery(settings, include=["mlpulse.tasks.jobs", "mlpulse.tasks.metrics",
+                                     "mlpulse.tasks.retention"])

@@ -52,6 +52,7 @@ class Tracked(Task):  # type: ignore[misc]
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
         update(task_id, state="FAILURE", finished=time.time(), error=describe(exc))
+        discard_files(task_id)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                  einfo: Any) -> None:
@@ -66,6 +67,14 @@ class JobPart(Task):  # type: ignore[misc]
         job = kwargs.get("job_id") or (args[0] if args else None)
         if job:
             update(job, state="FAILURE", finished=time.time(), error=describe(exc))
+            discard_files(job)
+
+
+def discard_files(job_id: str) -> None:
+    """A failed job's upload and unmerged parts: nothing will read them again."""
+    if _NAME.match(job_id):
+        (settings.uploads_dir / f"{job_id}.csv").unlink(missing_ok=True)
+        shutil.rmtree(_parts_dir(job_id), ignore_errors=True)
 
 
 def describe(exc: BaseException) -> str:
@@ -277,6 +286,8 @@ def retrain(self: Task, upload: str | None = None, target: str | None = None) ->
     estimator, mae = registry.train(data)
     new = registry.register(settings.models_dir, estimator, data, mae, source,
                             extra={"task_id": task_id})
+    if upload is not None:  # a later run finds the version registered and needs no file
+        (settings.uploads_dir / _safe(upload)).unlink(missing_ok=True)
     return _trained(new)
 
 
