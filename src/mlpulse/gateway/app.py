@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mlpulse.gateway import api, pages, sockets, tasks
 from mlpulse.gateway.deps import Gateway
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -22,8 +26,11 @@ SECURITY_HEADERS = {
 
 def create_app(gateway: Gateway) -> FastAPI:
     """Build the app around one gateway's state."""
+    # FastAPI's own /docs and /redoc load their scripts from a CDN with an inline script;
+    # pages.py serves /docs from this origin instead, under the CSP below.
     app = FastAPI(title="mlpulse gateway", version="0.1.0",
-                  description="Live view of a deployed model's errors.")
+                  description="Live view of a deployed model's errors.",
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.gateway = gateway
     app.mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")
     app.include_router(pages.router)
@@ -32,6 +39,15 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(sockets.router)
 
     app.add_middleware(sockets.KeepRawSend)
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def store_error(request: Request, exc: redis.exceptions.RedisError) -> Response:
+        # One line in the log, and a sentence, not Redis's own words, for the client.
+        log.error("redis refused %s %s: %s", request.method, request.url.path, exc)
+        down = isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+        return JSONResponse({"detail": "the gateway's store (Redis) is unreachable; try again"
+                             if down else "the gateway's store (Redis) answered with an error"},
+                            status_code=503 if down else 500)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
