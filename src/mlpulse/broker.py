@@ -13,15 +13,14 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
-import aiormq.exceptions
-import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as amqp_spec
 
 from mlpulse import metrics
 from mlpulse.config import Settings
-from mlpulse.errors import Backpressure, ServiceUnavailable
+from mlpulse.errors import TRANSIENT_ERRORS, BrokerLost, ServiceUnavailable
+from mlpulse.waiting import Backoff, first_of, stopped_within, until_port_answers
 from mlpulse.wire import (
     CODE_HEADER,
     DATA_QUEUES,
@@ -34,25 +33,7 @@ from mlpulse.wire import (
 
 log = logging.getLogger(__name__)
 
-# Errors after which the same work, tried again later, can succeed.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    Backpressure,
-    ConnectionError,
-    TimeoutError,
-    asyncio.TimeoutError,
-    aio_pika.exceptions.AMQPConnectionError,
-    aio_pika.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ChannelClosed,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-)
-
 Handler = Callable[[list[DeliveredMessage]], Awaitable[None]]
-
-
-class BrokerLost(Exception):
-    """The connection to RabbitMQ went away; the caller reconnects."""
 
 
 async def connect(settings: Settings, role: str, *, robust: bool = True) -> AbstractConnection:
@@ -219,7 +200,7 @@ class BatchConsumer:
         order: asyncio.Queue[tuple[asyncio.Task[bool], list[DeliveredMessage]] | None]
         order = asyncio.Queue()
         acker = asyncio.create_task(self._ack_in_order(order, slots))
-        ending = asyncio.create_task(_first_of(stop, self.lost))
+        ending = asyncio.create_task(first_of(stop, self.lost))
         try:
             while True:
                 await slots.acquire()
@@ -287,19 +268,18 @@ class BatchConsumer:
         metrics.BATCH_MESSAGES.observe(len(batch))
         for queue, n in collections.Counter(m.routing_key or "" for m in batch).items():
             metrics.MESSAGES_IN.labels(queue).inc(n)
-        delay = 0.2
+        backoff = Backoff()
         while True:
             try:
                 await self._handle(batch)
-                break
+                return True
             except TRANSIENT_ERRORS as exc:
                 if stop.is_set() or self.lost.is_set():
                     log.warning("stopping with a batch unfinished (%s); it comes back", exc)
                     return False
+                delay = backoff.next()
                 log.warning("transient error, retrying the batch in %.1fs: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return True
+                await stopped_within(stop, delay)
 
     async def _handle(self, batch: list[DeliveredMessage]) -> None:
         try:
@@ -325,18 +305,6 @@ class BatchConsumer:
                                                                            msg.body)])
 
 
-RECONNECT_ERRORS: tuple[type[BaseException], ...] = (BrokerLost, *TRANSIENT_ERRORS)
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
 async def consume_until_stopped(
     settings: Settings,
     role: str,
@@ -345,17 +313,21 @@ async def consume_until_stopped(
 ) -> None:
     """Connect, let the role build its consumer on a fresh channel, consume; after a
     broker outage, connect again. Unacked messages of a lost channel come back by
-    themselves and are recognised as duplicates downstream."""
-    delay, first = 1.0, True
+    themselves and are recognised as duplicates downstream.
+
+    Between tries the role waits at most `reconnect_max_delay`, and less once the
+    broker's port answers again, so joins resume within about a second of its return."""
+    backoff, first = Backoff(0.5, settings.reconnect_max_delay), True
+    url = settings.amqp_url
     while not stop.is_set():
         try:
             connection = await connect(settings, role, robust=False)
         except ServiceUnavailable:
             if first:
                 raise
-            log.warning("RabbitMQ still unreachable; next try in %.0fs", delay)
-            await _wait(stop, delay)
-            delay = min(delay * 2, 30.0)
+            delay = backoff.next()
+            log.warning("RabbitMQ still unreachable; next try within %.1fs", delay)
+            await until_port_answers(url.host or "localhost", url.port or 5672, stop, delay)
             continue
         first = False
         try:
@@ -363,15 +335,17 @@ async def consume_until_stopped(
             await declare_topology(channel)
             consumer = await on_channel(channel)
             await consumer.run(stop)
-            delay = 1.0
-        except RECONNECT_ERRORS as exc:
+            backoff.reset()
+        except TRANSIENT_ERRORS as exc:
             metrics.RECONNECTS.inc()
             log.warning("lost RabbitMQ (%r); reconnecting", exc)
         finally:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await close_quietly(connection)
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+async def close_quietly(connection: AbstractConnection, seconds: float = 2.0) -> None:
+    """Close a connection that may already be dead, without waiting long for a dead peer."""
+    # The client raises a bare Exception for a connection that broke under it.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(seconds):
+            await connection.close()

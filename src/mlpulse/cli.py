@@ -354,7 +354,7 @@ def up(ctx: click.Context, scale: str, no_producer: bool, rate: float) -> None:
     for child in children:
         if "MLPULSE_METRICS_PORT" in child.env:
             log.info("%s serves metrics on :%s", child.name, child.env["MLPULSE_METRICS_PORT"])
-    sys.exit(asyncio.run(Supervisor(children).run()))
+    sys.exit(asyncio.run(Supervisor(children, settings.stop_timeout).run()))
 
 
 async def _check_services(settings: Settings) -> None:

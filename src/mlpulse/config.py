@@ -73,7 +73,6 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104 - a server, meant to be reached
     # Where a role other than the gateway serves its Prometheus metrics (unset: nowhere).
     metrics_port: int | None = Field(None, ge=1, le=65535)
-    publish_interval: float = Field(0.5, gt=0)
 
     # HTTP bounds: what one request may make the gateway buffer, and for how long.
     http_max_header_bytes: int = Field(16 * 1024, ge=1024)

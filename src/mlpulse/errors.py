@@ -1,4 +1,12 @@
-"""The exception hierarchy: one root, one sentence each."""
+"""The exception hierarchy: one root, one sentence each, and the one list of transient errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika.exceptions
+import aiormq.exceptions
+import redis.exceptions
 
 
 class MlpulseError(Exception):
@@ -13,5 +21,26 @@ class ServiceUnavailable(MlpulseError):
     """RabbitMQ or Redis cannot be reached."""
 
 
+class BrokerLost(MlpulseError):
+    """The connection to RabbitMQ went away; the caller reconnects."""
+
+
 class Backpressure(MlpulseError):
     """Work downstream is behind (the log is not being written); try the same work later."""
+
+
+# Errors after which the same work, tried again later, can succeed: the broker or Redis
+# went away or is starting, or work downstream is behind.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    Backpressure,
+    BrokerLost,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+)

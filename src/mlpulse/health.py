@@ -26,6 +26,7 @@ import redis.asyncio
 
 from mlpulse.config import Settings
 from mlpulse.store import PREFIX
+from mlpulse.waiting import stopped_within
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def _beat_value() -> str:
 
 async def beat_forever(settings: Settings, role: str, stop: asyncio.Event) -> None:
     """Refresh this role's heartbeat until `stop`; Redis outages only pause it."""
-    client = redis.asyncio.Redis.from_url(str(settings.redis_url), socket_timeout=5)
+    client = redis.asyncio.Redis.from_url(str(settings.redis_url), socket_timeout=2,
+                                          socket_connect_timeout=2)
     key = heartbeat_key(role)
     try:
         while not stop.is_set():
@@ -72,8 +74,7 @@ async def beat_forever(settings: Settings, role: str, stop: asyncio.Event) -> No
                 await client.set(key, _beat_value(), ex=BEAT_TTL)
             except (redis.RedisError, OSError) as exc:
                 log.debug("heartbeat not written (%r)", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), BEAT_EVERY)
+            await stopped_within(stop, BEAT_EVERY)
         with contextlib.suppress(redis.RedisError, OSError):
             await client.delete(key)
     finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,9 +18,6 @@ from mlpulse.config import Settings
 from mlpulse.redact import RedactingFormatter
 
 log = logging.getLogger(__name__)
-
-# A role gets this long to finish its batch in hand and flush after a stop signal.
-STOP_GRACE_SECONDS = 20.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,33 +77,61 @@ def run_role(role: str, body: RoleBody, settings: Settings) -> None:
 
 
 async def _main(role: str, body: RoleBody, settings: Settings) -> None:
+    """The role's body and its heartbeat, as one group: a crash in either ends the role."""
     from mlpulse.health import beat_forever
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(body(settings, stop))
-    heartbeat = asyncio.create_task(beat_forever(settings, role, stop))
+    main = asyncio.current_task()
+    assert main is not None
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if stop.is_set():
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
-            task.cancel()
+            log.warning("second %s: stopping now", name)
+            main.cancel()
             return
-        log.info("%s: %s stops after the batch in hand", signal.Signals(signum).name, role)
+        log.info("%s: %s stops within %gs", name, role, settings.stop_timeout)
         stop.set()
-        loop.call_later(STOP_GRACE_SECONDS, task.cancel)
+        # What still runs near the bound is cancelled; the bound itself is kept by a
+        # thread, which no stuck call on the event loop can hold up.
+        loop.call_later(settings.stop_timeout * 0.8, main.cancel)
+        _exit_after(settings.stop_timeout, role)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    async def run_body() -> None:
+        try:
+            await body(settings, stop)
+        finally:
+            stop.set()  # a body that ends by itself (a finite producer) ends the heartbeat
+
     try:
-        await task
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run_body(), name=role)
+            group.create_task(beat_forever(settings, role, stop), name="heartbeat")
     except asyncio.CancelledError:
         if not stop.is_set():
             raise
-        log.warning("%s did not stop within %.0fs; unacked messages return to their queues",
-                    role, STOP_GRACE_SECONDS)
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(heartbeat, 5)
+        log.warning("%s was cut short to stop within %gs; unacked messages return to their "
+                    "queues", role, settings.stop_timeout)
+    except BaseExceptionGroup as failed:
+        # Usually one task failed: raise its error as itself, so a clear one stays one line.
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
     log.info("%s stopped", role)
+
+
+def _exit_after(seconds: float, role: str) -> None:
+    """End the process after `seconds`, whatever the event loop is doing."""
+
+    def expire() -> None:
+        log.error("%s did not stop within %gs; exiting now, unacked messages return to their "
+                  "queues", role, seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()

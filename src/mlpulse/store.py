@@ -44,8 +44,11 @@ async def connect_redis(settings: Settings) -> Redis:
     url = str(settings.redis_url)
     # A bounded pool where callers wait for a connection: a burst of work (thousands of
     # sockets connecting at once) queues up instead of failing with "too many connections".
+    # A reply that takes 5 s means Redis is stalled or gone: the call fails as transient
+    # and is tried again, rather than holding a batch (or a stop) forever.
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=20, socket_connect_timeout=5, health_check_interval=30)
+        url, max_connections=64, timeout=20, socket_connect_timeout=5, socket_timeout=5,
+        health_check_interval=30)
     client: Redis = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
     try:
         await client.ping()

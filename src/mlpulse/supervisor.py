@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-STOP_SECONDS = 25.0
+# Past each role's own stop bound, how long to wait before killing a child that is stuck.
+STOP_MARGIN_SECONDS = 5.0
 COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
 
 
@@ -41,8 +42,9 @@ def _prefix(child: Child, width: int) -> bytes:
 class Supervisor:
     """Starts children, relays their output, restarts crashes, stops them all on a signal."""
 
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(self, children: list[Child], stop_timeout: float) -> None:
         self.children = children
+        self.stop_seconds = stop_timeout + STOP_MARGIN_SECONDS
         self.width = max(len(c.name) for c in children)
         self.stopping = asyncio.Event()
 
@@ -58,11 +60,12 @@ class Supervisor:
             if c.proc and c.proc.returncode is None:
                 c.proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*watchers), STOP_SECONDS)
+            await asyncio.wait_for(asyncio.gather(*watchers), self.stop_seconds)
         except TimeoutError:
             for c in self.children:
                 if c.proc and c.proc.returncode is None:
-                    log.warning("%s did not stop in %.0fs; killing it", c.name, STOP_SECONDS)
+                    log.warning("%s did not stop in %.0fs; killing it", c.name,
+                                self.stop_seconds)
                     c.proc.kill()
             await asyncio.gather(*watchers, return_exceptions=True)
         return 0

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 import orjson
 
-from mlpulse.broker import TRANSIENT_ERRORS
 from mlpulse.gateway.hub import Hub
 from mlpulse.store import (
     VERSION,
@@ -22,6 +20,7 @@ from mlpulse.store import (
     read_seconds,
     read_summary,
 )
+from mlpulse.waiting import every
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,4 @@ class Actualizer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the snapshot fresh until `stop`; Redis hiccups are retried."""
-        while not stop.is_set():
-            try:
-                await self.step()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("actualizer: redis unavailable (%r); retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll)
+        await every(self.poll, stop, self.step, "actualizer")

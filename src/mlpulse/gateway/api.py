@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlpulse.broker import TRANSIENT_ERRORS
+from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.gateway.auth import AuthError
 from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
 from mlpulse.gateway.relay import read_history

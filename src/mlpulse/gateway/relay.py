@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -14,12 +13,13 @@ from aio_pika.abc import AbstractConnection
 from aiormq.abc import DeliveredMessage
 from prometheus_client import Counter, Histogram
 
-from mlpulse.broker import TRANSIENT_ERRORS, connect
+from mlpulse.broker import close_quietly, connect
 from mlpulse.config import Settings
-from mlpulse.errors import ServiceUnavailable
+from mlpulse.errors import TRANSIENT_ERRORS, ServiceUnavailable
 from mlpulse.gateway.auth import USER_NAME
 from mlpulse.gateway.hub import Hub
 from mlpulse.store import PREFIX, Redis, load_script
+from mlpulse.waiting import Backoff, first_of, stopped_within, until_port_answers
 from mlpulse.wire import EVENTS_EXCHANGE
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the 
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 HISTORY_KEEP = 50
 HISTORY_TTL = 7 * 86400
+# Users' messages held while Redis is away, at most.
+UNSAVED_MAX = 10_000
 
 
 def history_key(user: str) -> str:
@@ -75,8 +77,6 @@ class Relay:
             LAG.observe(max(0.0, time.time() - ts))
         payload = message.body.decode()
         if key == "broadcast":
-            if doc["type"] == "metrics":
-                return  # the actualizer pushes the dashboard's numbers from Redis
             RELAYED.labels("broadcast").inc()
             self.hub.broadcast(payload)
         elif key.startswith("user.") and USER_NAME.match(key[5:]):
@@ -88,39 +88,58 @@ class Relay:
             self.unsaved_event.set()
 
     async def keep_history(self, stop: asyncio.Event) -> None:
-        """Store users' own messages in Redis, many per round trip."""
+        """Store users' own messages in Redis, many per round trip, until `stop`; what is
+        still unsaved then is stored before this returns."""
+        backoff = Backoff(0.2, self.settings.reconnect_max_delay)
         while not stop.is_set():
-            await self.unsaved_event.wait()
+            await first_of(self.unsaved_event, stop)
             self.unsaved_event.clear()
-            batch, self.unsaved = self.unsaved, []
-            # One script call per burst: a pipelined command per message cost the event
-            # loop more than the deliveries did (a reply and a timeout to parse each).
-            args: list[str | float] = [history_key(""), HISTORY_KEEP, HISTORY_TTL]
-            for user, payload, score in batch:
-                args.extend((user, score, payload))
-            try:
-                await self.store_history(args=args)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("relay: %d history entries not stored (%r)", len(batch), exc)
-            await asyncio.sleep(0.05)  # gather the next burst into one round trip
+            if await self._store_unsaved():
+                backoff.reset()
+                await asyncio.sleep(0.05)  # gather the next burst into one round trip
+            else:
+                await stopped_within(stop, backoff.next())
+        await self._store_unsaved()
+
+    async def _store_unsaved(self) -> bool:
+        """One script call for everything unsaved; False (and kept) if Redis is away."""
+        batch, self.unsaved = self.unsaved, []
+        if not batch:
+            return True
+        # One script call per burst: a pipelined command per message cost the event loop
+        # more than the deliveries did (a reply and a timeout to parse each).
+        args: list[str | float] = [history_key(""), HISTORY_KEEP, HISTORY_TTL]
+        for user, payload, score in batch:
+            args.extend((user, score, payload))
+        try:
+            await self.store_history(args=args)
+        except TRANSIENT_ERRORS as exc:
+            # Kept for the next try, the newest past a bound: a long outage must not grow
+            # the gateway without limit.
+            self.unsaved = (batch + self.unsaved)[-UNSAVED_MAX:]
+            self.unsaved_event.set()
+            log.warning("relay: %d history entries not stored yet (%r)", len(batch), exc)
+            return False
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop`; after a broker outage, connect and bind again."""
-        delay = 1.0
+        """Consume until `stop`; after a broker outage, connect and bind again, within
+        `reconnect_max_delay` and at once when the broker's port answers again."""
+        backoff = Backoff(0.5, self.settings.reconnect_max_delay)
+        url = self.settings.amqp_url
         while not stop.is_set():
             try:
                 await self._consume(stop)
-                delay = 1.0
+                backoff.reset()
             except ServiceUnavailable:
                 if not self.ready.is_set():
                     raise
-                log.warning("relay: RabbitMQ unreachable; next try in %.0fs", delay)
+                log.warning("relay: RabbitMQ unreachable; trying again")
             except TRANSIENT_ERRORS as exc:
                 log.warning("relay: lost RabbitMQ (%r); reconnecting", exc)
             if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
+                await until_port_answers(url.host or "localhost", url.port or 5672, stop,
+                                         backoff.next())
 
     async def _consume(self, stop: asyncio.Event) -> None:
         connection = self.connection = await connect(self.settings, "gateway", robust=False)
@@ -139,14 +158,8 @@ class Relay:
             self.ready.set()
             closed = asyncio.Event()
             channel.close_callbacks.add(lambda *_: closed.set())
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(closed.wait())]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+            await first_of(stop, closed)
             if closed.is_set() and not stop.is_set():
                 raise ConnectionError("the relay's channel closed")
         finally:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await close_quietly(connection)

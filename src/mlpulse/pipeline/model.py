@@ -19,6 +19,7 @@ from mlpulse.config import Settings
 from mlpulse.ml.meta import versions
 from mlpulse.ml.registry import LoadedModel, ensure_model, load
 from mlpulse.store import PREFIX, Redis, connect_redis, count_rejected
+from mlpulse.waiting import stopped_within
 from mlpulse.wire import (
     EVENTS_EXCHANGE,
     FEATURES,
@@ -81,15 +82,24 @@ class Predictor:
 
     async def follow_registry(self, stop: asyncio.Event) -> None:
         """Swap in a newer model version as soon as one is registered, without a restart."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RELOAD_SECONDS)
+        refused: str | None = None
+        while not await stopped_within(stop, RELOAD_SECONDS):
             found = await asyncio.to_thread(versions, self.settings.models_dir)
-            if found and f"v{found[-1]}" != self.model.version:
+            latest = f"v{found[-1]}" if found else None
+            if latest is None or latest in (self.model.version, refused):
+                continue
+            try:
                 new = await asyncio.to_thread(load, self.settings.models_dir, found[-1])
-                log.info("model %s replaces %s", new.version, self.model.version)
-                previous, self.model = self.model, new
-                await self.announce(new, previous)
+            except Exception as exc:
+                # A broken artifact must not stop predictions: keep serving the model in
+                # hand, say why once, and take the next version that loads.
+                log.error("model %s cannot be loaded, %s stays: %r", latest,
+                          self.model.version, exc)
+                refused = latest
+                continue
+            log.info("model %s replaces %s", new.version, self.model.version)
+            previous, self.model = self.model, new
+            await self.announce(new, previous)
 
     async def announce(self, new: LoadedModel, previous: LoadedModel) -> None:
         """Tell every dashboard, once however many model processes swap, that `new` is live."""
@@ -122,27 +132,23 @@ def _prediction(event: Event, value: float | None, version: str | None) -> dict[
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the model role until `stop` is set, reconnecting after a broker outage."""
-    redis = await connect_redis(settings)
-    predictor: Predictor | None = None
-    watcher: asyncio.Task[None] | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await connect_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        # Entered last, left first: the registry follower ends before Redis closes.
+        group = await stack.enter_async_context(asyncio.TaskGroup())
+        predictor: Predictor | None = None
 
-    async def on_channel(channel: AbstractChannel) -> BatchConsumer:
-        nonlocal predictor, watcher
-        if predictor is None:
-            # The queues are declared by now: features published while the model trains
-            # wait in a durable queue.
-            model = await asyncio.to_thread(ensure_model, settings.models_dir)
-            log.info("model %s loaded (%d features)", model.version, model.n_features)
-            predictor = Predictor(channel, redis, model, settings)
-            watcher = asyncio.create_task(predictor.follow_registry(stop))
-        predictor.channel = channel
-        return BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings)
+        async def on_channel(channel: AbstractChannel) -> BatchConsumer:
+            nonlocal predictor
+            if predictor is None:
+                # The queues are declared by now: features published while the model
+                # trains wait in a durable queue.
+                model = await asyncio.to_thread(ensure_model, settings.models_dir)
+                log.info("model %s loaded (%d features)", model.version, model.n_features)
+                predictor = Predictor(channel, redis, model, settings)
+                group.create_task(predictor.follow_registry(stop), name="registry")
+            predictor.channel = channel
+            return BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings)
 
-    try:
         await consume_until_stopped(settings, "model", stop, on_channel)
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        await redis.aclose()

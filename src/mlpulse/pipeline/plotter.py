@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import logging
 import math
@@ -19,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mlpulse import health
-from mlpulse.broker import TRANSIENT_ERRORS
 from mlpulse.config import Settings
+from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.store import (
     AGG,
     PLOT_DRAWN,
@@ -30,6 +29,7 @@ from mlpulse.store import (
     read_histogram,
     read_summary,
 )
+from mlpulse.waiting import every
 
 log = logging.getLogger(__name__)
 PROBLEM = "plot"
@@ -123,12 +123,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     redis = await connect_redis(settings)
     log.info("ready: drawing %s every %gs", settings.plot_path, settings.plot_interval)
     try:
-        while not stop.is_set():
-            try:
-                await draw_if_new(settings, redis)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("redis unavailable, will retry: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.plot_interval)
+        await draw_when_new(settings, redis)
+        await every(settings.plot_interval, stop, lambda: draw_if_new(settings, redis),
+                    "drawing")
     finally:
         await redis.aclose()
+
+
+async def draw_when_new(settings: Settings, redis: Redis) -> None:
+    """One check at start; Redis being away only means trying again next time."""
+    try:
+        await draw_if_new(settings, redis)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("redis unavailable, will retry: %r", exc)

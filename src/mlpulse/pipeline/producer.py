@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -15,9 +16,11 @@ from typing import Any
 import numpy as np
 from aio_pika.abc import AbstractChannel
 
-from mlpulse.broker import PERSISTENT_JSON, TRANSIENT_ERRORS, connect, declare_topology
+from mlpulse.broker import PERSISTENT_JSON, close_quietly, connect, declare_topology
 from mlpulse.config import Settings
+from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml.data import Dataset, diabetes, read_csv
+from mlpulse.waiting import Backoff, stopped_within
 from mlpulse.wire import FEATURES, Y_TRUE, encode
 
 log = logging.getLogger(__name__)
@@ -98,12 +101,16 @@ class Progress:
 
 
 class Sender:
-    """Publishes in chunks, with a bounded number of chunks awaiting confirms at once."""
+    """Publishes in chunks, with a bounded number of chunks awaiting confirms at once.
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    Chunks run in the caller's task group: one that fails for good cancels the others,
+    and the run ends with its error instead of leaving publishes behind."""
+
+    def __init__(self, channel: AbstractChannel, group: asyncio.TaskGroup) -> None:
         self.channel = channel
+        self.group = group
         self.chunk: list[tuple[str, bytes]] = []
-        self.pending: set[asyncio.Task[Any]] = set()
+        self.slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
 
     def add(self, queue: str, doc: Any) -> None:
         """Queue one message for the next flush."""
@@ -111,94 +118,89 @@ class Sender:
 
     async def flush(self) -> None:
         """Start publishing the chunk; wait only while too many chunks are unconfirmed."""
-        if self.chunk:
-            chunk, self.chunk = self.chunk, []
-            self.pending.add(asyncio.create_task(self._publish(chunk)))
-        while len(self.pending) >= CHUNKS_IN_FLIGHT:
-            await self._reap(asyncio.FIRST_COMPLETED)
+        if not self.chunk:
+            return
+        chunk, self.chunk = self.chunk, []
+        await self.slots.acquire()
+        self.group.create_task(self._publish(chunk))
 
     async def _publish(self, chunk: list[tuple[str, bytes]]) -> None:
-        delay = 0.5
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                raw = await self.channel.get_underlay_channel()
-                await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
-                                                         properties=PERSISTENT_JSON)
-                                       for queue, body in chunk))
-                return
-            except TRANSIENT_ERRORS as exc:
-                if attempt == PUBLISH_ATTEMPTS:
-                    raise
-                # Some of the chunk may have arrived; sending it again is safe because
-                # the joiner counts a repeated half as a duplicate and writes it once.
-                log.warning("publish failed (%r); sending the chunk again in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _reap(self, when: str) -> None:
-        done, self.pending = await asyncio.wait(self.pending, return_when=when)
-        for task in done:
-            task.result()  # a failed publish stops the run with its error
-
-    async def close(self) -> None:
-        """Publish what is left and wait for every confirm."""
-        await self.flush()
-        if self.pending:
-            await self._reap(asyncio.ALL_COMPLETED)
+        backoff = Backoff(0.5)
+        try:
+            for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+                try:
+                    raw = await self.channel.get_underlay_channel()
+                    await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
+                                                             properties=PERSISTENT_JSON)
+                                           for queue, body in chunk))
+                    return
+                except TRANSIENT_ERRORS as exc:
+                    if attempt == PUBLISH_ATTEMPTS:
+                        raise
+                    # Some of the chunk may have arrived; sending it again is safe because
+                    # the joiner counts a repeated half as a duplicate and writes it once.
+                    delay = backoff.next()
+                    log.warning("publish failed (%r); sending the chunk again in %.1fs",
+                                exc, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            self.slots.release()
 
 
 async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
     """Send events as planned; returns how many the broker confirmed."""
     data = load_source(plan)
-    connection = await connect(settings, "producer")
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        connection = await connect(settings, "producer")
+        stack.push_async_callback(close_quietly, connection)
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
         run = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}"
-        single = plan.batch == 1
-        sender = Sender(channel)
         progress = Progress(plan.count)
-        start = time.monotonic()
         log.info("producing %s events%s as run %s", plan.count or "endless",
                  f" at {plan.rate:g}/s" if plan.rate else "", run)
-        sent = 0
-        for feats, labels in frames(data, plan, run):
-            if stop.is_set():
-                break
-            if plan.rate and start + sent / plan.rate > time.monotonic():
-                await sender.flush()  # what is due goes out before we wait
-                delay = start + sent / plan.rate - time.monotonic()
-                if delay > 0 and await _stopped_within(stop, delay):
-                    break
-                feats, labels = _restamp(feats), _restamp(labels)
-            for queue, events in ((FEATURES, feats), (Y_TRUE, labels)):
-                if single:
-                    for doc in events:
-                        sender.add(queue, doc)
-                elif events:
-                    sender.add(queue, events)
-            sent += len(feats)
-            if len(sender.chunk) >= CHUNK_MESSAGES:
-                await sender.flush()
-            progress.update(sent)
-        await sender.close()
+        async with asyncio.TaskGroup() as group:
+            sent = await _send(Sender(channel, group), data, plan, run, stop, progress)
         progress.update(sent, final=True)
         return sent
-    finally:
-        await connection.close()
+
+
+async def _send(sender: Sender, data: Dataset, plan: Plan, run: str, stop: asyncio.Event,
+                progress: Progress) -> int:
+    """Hand every frame to `sender` at the planned pace; the caller waits for confirms."""
+    single = plan.batch == 1
+    start = time.monotonic()
+    sent = 0
+    for feats, labels in frames(data, plan, run):
+        if stop.is_set():
+            break
+        if plan.rate and start + sent / plan.rate > time.monotonic():
+            await sender.flush()  # what is due goes out before we wait
+            delay = start + sent / plan.rate - time.monotonic()
+            if delay > 0 and await _stopped_within(stop, delay):
+                break
+            feats, labels = _restamp(feats), _restamp(labels)
+        for queue, events in ((FEATURES, feats), (Y_TRUE, labels)):
+            if single:
+                for doc in events:
+                    sender.add(queue, doc)
+            elif events:
+                sender.add(queue, events)
+        sent += len(feats)
+        if len(sender.chunk) >= CHUNK_MESSAGES:
+            await sender.flush()
+        progress.update(sent)
+    await sender.flush()
+    return sent
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     if seconds < 0.05:
-        # A short pause between paced events: a plain sleep costs far less than a wait_for
-        # task each time, and a stop is noticed one event later.
+        # A short pause between paced events: a plain sleep costs less than a timeout
+        # scope each time, and a stop is noticed one event later.
         await asyncio.sleep(seconds)
         return stop.is_set()
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    return await stopped_within(stop, seconds)
 
 
 def _restamp(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

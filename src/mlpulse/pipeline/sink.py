@@ -14,7 +14,6 @@ file and tried again until it lands; the outbox keeps the rows meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import errno
 import fcntl
@@ -29,9 +28,9 @@ from typing import IO, Any
 import orjson
 
 from mlpulse import health
-from mlpulse.broker import TRANSIENT_ERRORS
-from mlpulse.errors import MlpulseError
+from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
 from mlpulse.store import JOINED, Redis
+from mlpulse.waiting import Backoff, stopped_within
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class CsvSink:
 
     async def _open(self, finish: asyncio.Event) -> tuple[IO[bytes], tuple[str, int] | None] | None:
         """Recover the log, waiting while the disk refuses even its header."""
-        delay = 0.5
+        backoff = Backoff(0.5)
         while True:
             try:
                 return await asyncio.to_thread(recover, self.path)
@@ -137,13 +136,11 @@ class CsvSink:
                 raise
             except OSError as exc:
                 problem = f"cannot open {self.path}: {exc.strerror or exc}"
+            delay = backoff.next()
             log.warning("%s; retrying in %.1fs", problem, delay)
             health.report_problem(PROBLEM, problem)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finish.wait(), delay)
-            if finish.is_set():
+            if await stopped_within(finish, delay):
                 return None
-            delay = min(delay * 2, 5.0)
 
     async def _acquire(self, finish: asyncio.Event) -> IO[str] | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +155,7 @@ class CsvSink:
                 if not announced:
                     log.info("another metric process writes %s; standing by", self.path)
                     announced = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finish.wait(), 1.0)
-            if finish.is_set():
+            if await stopped_within(finish, 1.0):
                 lock.close()
                 return None
 
@@ -168,7 +163,7 @@ class CsvSink:
         # After a restart, the entry of the last row written may have rows left after it.
         resume = pos
         last_id = pos[0] if pos else "0-0"
-        delay = 0.2
+        backoff = Backoff()
         while True:
             draining = finish.is_set()
             try:
@@ -185,7 +180,7 @@ class CsvSink:
                     await self._trim(last_id)
                 elif draining:
                     return
-                delay = 0.2
+                backoff.reset()
             except DiskProblem as exc:
                 # Nothing of the failed write stays in the file and `last_id` did not
                 # move: the same rows are written again once there is room.
@@ -193,12 +188,11 @@ class CsvSink:
                     log.warning("stopping with rows not written (%s); the next start "
                                 "writes them from the outbox", exc)
                     return
+                delay = backoff.next()
                 log.warning("%s; retrying in %.1fs, joins wait once the outbox is full",
                             exc, delay)
                 health.report_problem(PROBLEM, str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finish.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                await stopped_within(finish, delay)
             except TRANSIENT_ERRORS as exc:
                 # What is on disk stays; `last_id` moves only after a write, so nothing is
                 # written twice, and an untrimmed entry is trimmed with the next one.
@@ -206,9 +200,9 @@ class CsvSink:
                     log.warning("stopping with the outbox not drained (%r); the next start "
                                 "resumes from the log's last position", exc)
                     return
+                delay = backoff.next()
                 log.warning("redis unavailable to the sink, retrying in %.1fs: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await stopped_within(finish, delay)
 
     async def _write(self, f: IO[bytes],
                      entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
