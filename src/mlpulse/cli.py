@@ -217,8 +217,9 @@ def plot(ctx: click.Context, once: bool, from_csv: Path | None) -> None:
 
 
 async def _plot_once(settings: Settings) -> None:
+    from mlpulse.keys import PLOT_DRAWN
     from mlpulse.pipeline.plotter import draw_if_new
-    from mlpulse.store import PLOT_DRAWN, connect_redis
+    from mlpulse.store import connect_redis
 
     redis = await connect_redis(settings)
     try:

@@ -24,8 +24,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from mlpulse import keys
 from mlpulse.config import Settings
-from mlpulse.store import PREFIX
 from mlpulse.waiting import stopped_within
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def problems() -> list[str]:
 
 def heartbeat_key(role: str, host: str | None = None) -> str:
     """Where one host's heartbeat for a role lives."""
-    return f"{PREFIX}heartbeat:{role}:{host or socket.gethostname()}"
+    return keys.heartbeat(role, host)
 
 
 def _beat_value() -> str:
@@ -133,17 +133,17 @@ def role_is_alive(settings: Settings, role: str) -> tuple[bool, str]:
 
 async def role_problems(client: redis.asyncio.Redis) -> dict[str, list[str]]:
     """The problems every live role reports, by `<role>:<host>`."""
-    keys = [k async for k in client.scan_iter(match=heartbeat_key("*", "*"), count=200)]
-    return _problems_by_role(keys, await client.mget(keys) if keys else [])
+    names = [k async for k in client.scan_iter(match=heartbeat_key("*", "*"), count=200)]
+    return _problems_by_role(names, await client.mget(names) if names else [])
 
 
-def _problems_by_role(keys: list[Any], beats: list[Any]) -> dict[str, list[str]]:
+def _problems_by_role(names: list[Any], beats: list[Any]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
-    for key, raw in zip(keys, beats, strict=True):
+    for key, raw in zip(names, beats, strict=True):
         trouble = json.loads(raw).get("problems") if raw is not None else None
         if trouble:
             name = key.decode() if isinstance(key, bytes) else str(key)
-            found[name.removeprefix(f"{PREFIX}heartbeat:")] = list(trouble)
+            found[name.removeprefix(keys.HEARTBEAT)] = list(trouble)
     return found
 
 
@@ -186,8 +186,8 @@ def run_checks(settings: Settings) -> list[Check]:
 def _roles(settings: Settings) -> Check:
     client = redis.Redis.from_url(str(settings.redis_url), socket_timeout=5)
     try:
-        keys = list(client.scan_iter(match=heartbeat_key("*", "*"), count=200))
-        found = _problems_by_role(keys, client.mget(keys) if keys else [])
+        names = list(client.scan_iter(match=heartbeat_key("*", "*"), count=200))
+        found = _problems_by_role(names, client.mget(names) if names else [])
     except (redis.RedisError, OSError) as exc:
         return Check("roles", False, f"heartbeats unreadable ({exc})", "check Redis")
     finally:
@@ -195,7 +195,7 @@ def _roles(settings: Settings) -> Check:
     if found:
         detail = "; ".join(f"{who}: {', '.join(what)}" for who, what in sorted(found.items()))
         return Check("roles", False, detail, "see the role's log for what it is waiting on")
-    return Check("roles", True, f"{len(keys)} running, none reports a problem")
+    return Check("roles", True, f"{len(names)} running, none reports a problem")
 
 
 def _rabbitmq(settings: Settings) -> Check:

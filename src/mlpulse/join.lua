@@ -7,16 +7,24 @@
 -- pair, or is recognised as a duplicate or a conflict of one already seen. Completed
 -- pairs are appended to the stream `joined` (the CSV sink's outbox) and counted in the
 -- aggregates in the same step, so the log and the counters can never disagree.
-local P = ARGV[1]
-local now = tonumber(ARGV[2])
-local join_ttl = tonumber(ARGV[3])
-local done_ttl = math.max(1, math.floor(tonumber(ARGV[4])))
-local width = tonumber(ARGV[5])
-local nbins = tonumber(ARGV[6])
-local outbox_max = tonumber(ARGV[8])
+-- KEYS: pending:t, pending:p, deadline:t, deadline:p, joined, agg, hist, hist:meta,
+-- by_version, recent, version (mlpulse/keys.py). ARGV: the prefixes of the per-id done
+-- markers and the per-second windows, now, the TTLs, the histogram, the halves, and the
+-- outbox bound.
+local PENDING = {t = KEYS[1], p = KEYS[2]}
+local DEADLINE = {t = KEYS[3], p = KEYS[4]}
+local JOINED, AGG, HIST, HIST_META = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local BY_VERSION, RECENT, VERSION = KEYS[9], KEYS[10], KEYS[11]
+local DONE, SECOND = ARGV[1], ARGV[2]
+local now = tonumber(ARGV[3])
+local join_ttl = tonumber(ARGV[4])
+local done_ttl = math.max(1, math.floor(tonumber(ARGV[5])))
+local width = tonumber(ARGV[6])
+local nbins = tonumber(ARGV[7])
+local outbox_max = tonumber(ARGV[9])
 
-if redis.call("XLEN", P .. "joined") > outbox_max then return {-1, 0, 0} end
-local halves = cjson.decode(ARGV[7])
+if redis.call("XLEN", JOINED) > outbox_max then return {-1, 0, 0} end
+local halves = cjson.decode(ARGV[8])
 
 local function fmt(x) return string.format("%.17g", x) end
 
@@ -28,25 +36,25 @@ for i = 1, #halves do
   local h = halves[i]
   local side, id, value, version, meta = h[1], h[2], h[3], h[4], h[5]
   local other = (side == "t") and "p" or "t"
-  local done = redis.call("GET", P .. "done:" .. id)
+  local done = redis.call("GET", DONE .. id)
   if done then
     local pair = cmsgpack.unpack(done)
     local seen = (side == "t") and pair[1] or pair[2]
     if seen == value then dup = dup + 1 else conflict = conflict + 1 end
   else
-    local partner = redis.call("HGET", P .. "pending:" .. other, id)
+    local partner = redis.call("HGET", PENDING[other], id)
     if partner then
       local half = cmsgpack.unpack(partner)
       local pv, pver, pmeta = half[1], half[2], half[3]
-      redis.call("HDEL", P .. "pending:" .. other, id)
-      redis.call("ZREM", P .. "deadline:" .. other, id)
+      redis.call("HDEL", PENDING[other], id)
+      redis.call("ZREM", DEADLINE[other], id)
       local t, p, tmeta, pmeta2, ver
       if side == "t" then
         t, p, tmeta, pmeta2, ver = value, pv, meta, pmeta, pver
       else
         t, p, tmeta, pmeta2, ver = pv, value, pmeta, meta, version
       end
-      redis.call("SET", P .. "done:" .. id, cmsgpack.pack({t, p}), "EX", done_ttl)
+      redis.call("SET", DONE .. id, cmsgpack.pack({t, p}), "EX", done_ttl)
       local err = math.abs(tonumber(t) - tonumber(p))
       n = n + 1
       sum_abs = sum_abs + err
@@ -60,40 +68,40 @@ for i = 1, #halves do
       v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
       rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
     else
-      local mine = redis.call("HGET", P .. "pending:" .. side, id)
+      local mine = redis.call("HGET", PENDING[side], id)
       if mine then
         local mv = cmsgpack.unpack(mine)[1]
         if mv == value then dup = dup + 1 else conflict = conflict + 1 end
       else
-        redis.call("HSET", P .. "pending:" .. side, id, cmsgpack.pack({value, version, meta}))
-        redis.call("ZADD", P .. "deadline:" .. side, now + join_ttl, id)
+        redis.call("HSET", PENDING[side], id, cmsgpack.pack({value, version, meta}))
+        redis.call("ZADD", DEADLINE[side], now + join_ttl, id)
       end
     end
   end
 end
 
-local agg = P .. "agg"
+local agg = AGG
 if n > 0 then
-  redis.call("XADD", P .. "joined", "*", "at", fmt(now), "rows", cjson.encode(rows))
+  redis.call("XADD", JOINED, "*", "at", fmt(now), "rows", cjson.encode(rows))
   redis.call("HINCRBY", agg, "count", n)
   redis.call("HINCRBYFLOAT", agg, "sum_abs", fmt(sum_abs))
   redis.call("HINCRBYFLOAT", agg, "sum_sq", fmt(sum_sq))
   local old_max = tonumber(redis.call("HGET", agg, "max_abs") or "0")
   if max_err > old_max then redis.call("HSET", agg, "max_abs", fmt(max_err)) end
-  redis.call("HSET", P .. "hist:meta", "width", fmt(width), "bins", nbins)
-  for b, c in pairs(bins) do redis.call("HINCRBY", P .. "hist", b, c) end
+  redis.call("HSET", HIST_META, "width", fmt(width), "bins", nbins)
+  for b, c in pairs(bins) do redis.call("HINCRBY", HIST, b, c) end
   for ver, v in pairs(versions) do
-    redis.call("HINCRBY", P .. "by_version", ver .. "|count", v[1])
-    redis.call("HINCRBYFLOAT", P .. "by_version", ver .. "|sum_abs", fmt(v[2]))
-    redis.call("HINCRBYFLOAT", P .. "by_version", ver .. "|sum_sq", fmt(v[3]))
+    redis.call("HINCRBY", BY_VERSION, ver .. "|count", v[1])
+    redis.call("HINCRBYFLOAT", BY_VERSION, ver .. "|sum_abs", fmt(v[2]))
+    redis.call("HINCRBYFLOAT", BY_VERSION, ver .. "|sum_sq", fmt(v[3]))
   end
-  local sec = P .. "sec:" .. math.floor(now)
+  local sec = SECOND .. math.floor(now)
   redis.call("HINCRBY", sec, "count", n)
   redis.call("HINCRBYFLOAT", sec, "sum_abs", fmt(sum_abs))
   redis.call("HINCRBYFLOAT", sec, "sum_sq", fmt(sum_sq))
   redis.call("EXPIRE", sec, 3600)
   -- The latest predictions, newest first, for people to look at.
-  local recent = P .. "recent"
+  local recent = RECENT
   for i = math.max(1, #rows - 49), #rows do
     local r = rows[i]
     redis.call("LPUSH", recent, cjson.encode({r[1], r[2], r[3], r[4], fmt(now)}))
@@ -102,5 +110,5 @@ if n > 0 then
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
 if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end
-if n > 0 or dup > 0 or conflict > 0 then redis.call("INCR", P .. "version") end
+if n > 0 or dup > 0 or conflict > 0 then redis.call("INCR", VERSION) end
 return {n, dup, conflict}

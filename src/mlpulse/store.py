@@ -1,4 +1,4 @@
-"""Redis edge: join state, live aggregates and the joined-rows outbox, all under `mlpulse:`."""
+"""Redis edge: the client, join state, live aggregates and the joined-rows outbox."""
 
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ import redis.exceptions
 
 from mlpulse.config import Settings
 from mlpulse.errors import Backpressure, ServiceUnavailable
-
-PREFIX = "mlpulse:"
-AGG = PREFIX + "agg"
-HIST = PREFIX + "hist"
-HIST_META = PREFIX + "hist:meta"
-BY_VERSION = PREFIX + "by_version"
-JOINED = PREFIX + "joined"
-VERSION = PREFIX + "version"
-PLOT_DRAWN = PREFIX + "plot:drawn"
-SINK_POS = PREFIX + "sink:pos"
-RECENT = PREFIX + "recent"
-SECOND = PREFIX + "sec:"
+from mlpulse.keys import (
+    AGG,
+    BY_VERSION,
+    DONE,
+    HIST,
+    HIST_META,
+    JOIN_KEYS,
+    RECENT,
+    SECOND,
+    SWEEP_KEYS,
+    VERSION,
+)
 
 # Outbox entries (one per join step) the CSV sink may fall behind by before joins wait:
 # a disk that stays full holds new messages in RabbitMQ rather than in Redis's memory.
@@ -85,8 +85,9 @@ class JoinStore:
         Raises `Backpressure`, having changed nothing, while the outbox is full."""
         s = self.settings
         joined, dup, conflict = await self._join(
-            args=[PREFIX, repr(now), repr(s.join_ttl), repr(s.done_ttl),
-                  repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX]
+            keys=JOIN_KEYS,
+            args=[DONE, SECOND, repr(now), repr(s.join_ttl), repr(s.done_ttl),
+                  repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX],
         )
         if joined < 0:
             raise Backpressure(f"the metric log is over {OUTBOX_MAX} join steps behind; "
@@ -95,7 +96,7 @@ class JoinStore:
 
     async def sweep(self, now: float, limit: int = 5000) -> int:
         """Drop pending halves past their deadline, counting them as unmatched."""
-        return int(await self._sweep(args=[PREFIX, repr(now), limit]))
+        return int(await self._sweep(keys=SWEEP_KEYS, args=[repr(now), limit]))
 
 
 async def count_rejected(client: Redis, codes: Counter[str]) -> None:

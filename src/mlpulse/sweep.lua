@@ -1,16 +1,19 @@
 -- Expire pending halves whose partner did not arrive in time and count them as unmatched.
-local P = ARGV[1]
-local now = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
+-- KEYS: pending:t, pending:p, deadline:t, deadline:p, agg, version (mlpulse/keys.py).
+local PENDING = {t = KEYS[1], p = KEYS[2]}
+local DEADLINE = {t = KEYS[3], p = KEYS[4]}
+local AGG, VERSION = KEYS[5], KEYS[6]
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
 local total = 0
 for _, side in ipairs({"t", "p"}) do
-  local ids = redis.call("ZRANGEBYSCORE", P .. "deadline:" .. side, "-inf", now, "LIMIT", 0, limit)
+  local ids = redis.call("ZRANGEBYSCORE", DEADLINE[side], "-inf", now, "LIMIT", 0, limit)
   if #ids > 0 then
-    redis.call("HDEL", P .. "pending:" .. side, unpack(ids))
-    redis.call("ZREM", P .. "deadline:" .. side, unpack(ids))
-    redis.call("HINCRBY", P .. "agg", "unmatched_" .. side, #ids)
+    redis.call("HDEL", PENDING[side], unpack(ids))
+    redis.call("ZREM", DEADLINE[side], unpack(ids))
+    redis.call("HINCRBY", AGG, "unmatched_" .. side, #ids)
     total = total + #ids
   end
 end
-if total > 0 then redis.call("INCR", P .. "version") end
+if total > 0 then redis.call("INCR", VERSION) end
 return total

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 from celery import Celery
 
+from mlpulse import keys
 from mlpulse.config import Settings
-from mlpulse.store import PREFIX
 
 TASK_QUEUE = "mlpulse.tasks"
 TASK_ID = re.compile(r"[0-9a-f]{32}")
@@ -86,12 +86,12 @@ def sweep_interval(settings: Settings) -> float:
 
 def record_key(task_id: str) -> str:
     """The Redis hash of one task."""
-    return f"{PREFIX}task:{task_id}"
+    return keys.task(task_id)
 
 
 def owner_key(user: str) -> str:
     """The ids of one user's tasks, scored by submission time."""
-    return f"{PREFIX}tasks:{user}"
+    return keys.tasks_of(user)
 
 
 def new_record(task_id: str, kind: str, owner: str, params: dict[str, Any],

@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio
 
 from mlpulse import health
+from mlpulse.keys import JOINED
 from mlpulse.pipeline.sink import PROBLEM, CsvSink
-from mlpulse.store import JOINED
 from tests.conftest import Env
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from mlpulse.gateway.hub import Hub
+from mlpulse.keys import VERSION
 from mlpulse.store import (
-    VERSION,
     Redis,
     quantile_from_bins,
     read_by_version,

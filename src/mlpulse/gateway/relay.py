@@ -13,12 +13,13 @@ from aio_pika.abc import AbstractConnection
 from aiormq.abc import DeliveredMessage
 from prometheus_client import Counter, Histogram
 
+from mlpulse import keys
 from mlpulse.broker import close_quietly, connect
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS, ServiceUnavailable
 from mlpulse.gateway.auth import USER_NAME
 from mlpulse.gateway.hub import Hub
-from mlpulse.store import PREFIX, Redis, load_script
+from mlpulse.store import Redis, load_script
 from mlpulse.waiting import Backoff, first_of, stopped_within, until_port_answers
 from mlpulse.wire import EVENTS_EXCHANGE
 
@@ -33,14 +34,9 @@ HISTORY_TTL = 7 * 86400
 UNSAVED_MAX = 10_000
 
 
-def history_key(user: str) -> str:
-    """Where a user's recent own messages are kept."""
-    return f"{PREFIX}history:{user}"
-
-
 async def read_history(redis: Redis, user: str, limit: int = 20) -> list[str]:
     """A user's latest own messages, oldest first."""
-    raw: list[bytes] = await redis.zrange(history_key(user), -limit, -1)  # type: ignore[assignment]
+    raw: list[bytes] = await redis.zrange(keys.history(user), -limit, -1)  # type: ignore[assignment]
     return [r.decode() for r in raw]
 
 
@@ -108,7 +104,7 @@ class Relay:
             return True
         # One script call per burst: a pipelined command per message cost the event loop
         # more than the deliveries did (a reply and a timeout to parse each).
-        args: list[str | float] = [history_key(""), HISTORY_KEEP, HISTORY_TTL]
+        args: list[str | float] = [keys.HISTORY, HISTORY_KEEP, HISTORY_TTL]
         for user, payload, score in batch:
             args.extend((user, score, payload))
         try:

@@ -12,18 +12,12 @@ import time
 
 from aio_pika.abc import AbstractChannel
 
-from mlpulse import metrics
+from mlpulse import keys, metrics
 from mlpulse.broker import BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
-from mlpulse.store import (
-    PREFIX,
-    JoinStore,
-    Redis,
-    connect_redis,
-    read_summary,
-)
+from mlpulse.store import JoinStore, Redis, connect_redis, read_summary
 from mlpulse.waiting import every
 from mlpulse.wire import Y_PRED, Y_TRUE
 
@@ -35,8 +29,8 @@ SWEEP_SECONDS = 1.0
 async def export_join_state(redis: Redis) -> None:
     """Copy the join state's size and the shared counts into this process's metrics."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hlen(f"{PREFIX}pending:t")
-    pipe.hlen(f"{PREFIX}pending:p")
+    pipe.hlen(keys.pending("t"))
+    pipe.hlen(keys.pending("p"))
     pending_t, pending_p = await pipe.execute()
     metrics.JOIN_PENDING.labels("y_true").set(pending_t)
     metrics.JOIN_PENDING.labels("y_pred").set(pending_p)

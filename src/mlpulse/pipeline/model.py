@@ -14,11 +14,12 @@ import numpy as np
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 
+from mlpulse import keys
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
 from mlpulse.ml.meta import versions
 from mlpulse.ml.registry import LoadedModel, ensure_model, load
-from mlpulse.store import PREFIX, Redis, connect_redis, count_rejected
+from mlpulse.store import Redis, connect_redis, count_rejected
 from mlpulse.waiting import stopped_within
 from mlpulse.wire import (
     EVENTS_EXCHANGE,
@@ -103,7 +104,7 @@ class Predictor:
 
     async def announce(self, new: LoadedModel, previous: LoadedModel) -> None:
         """Tell every dashboard, once however many model processes swap, that `new` is live."""
-        key = f"{PREFIX}deployed:{new.version}"
+        key = keys.deployed(new.version)
         if not await self.redis.set(key, previous.version, nx=True, ex=ANNOUNCE_TTL):
             return
         envelope = {"type": "model", "ts": time.time(), "data": {

@@ -20,15 +20,8 @@ import numpy as np
 from mlpulse import health
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS
-from mlpulse.store import (
-    AGG,
-    PLOT_DRAWN,
-    Redis,
-    connect_redis,
-    quantile_from_bins,
-    read_histogram,
-    read_summary,
-)
+from mlpulse.keys import AGG, PLOT_DRAWN
+from mlpulse.store import Redis, connect_redis, quantile_from_bins, read_histogram, read_summary
 from mlpulse.waiting import every
 
 log = logging.getLogger(__name__)

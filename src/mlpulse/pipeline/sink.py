@@ -29,7 +29,8 @@ import orjson
 
 from mlpulse import health
 from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
-from mlpulse.store import JOINED, Redis
+from mlpulse.keys import JOINED
+from mlpulse.store import Redis
 from mlpulse.waiting import Backoff, stopped_within
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import pandas as pd
 import redis
 from celery import Task, group
 
-from mlpulse import taskbus
+from mlpulse import keys, taskbus
 from mlpulse.ml import registry
 from mlpulse.ml.data import diabetes, read_csv
 from mlpulse.tasks import labels
@@ -305,7 +305,7 @@ def collect_labels(self: Task) -> dict[str, Any]:
     """Pull new labels from MLPULSE_LABELS_URL into y_true (Beat runs this)."""
     if not settings.labels_url:
         return {"skipped": "MLPULSE_LABELS_URL is not set"}
-    lock = client().lock(labels.LOCK_KEY, timeout=settings.task_hard_limit, blocking=False)
+    lock = client().lock(keys.LABELS_LOCK, timeout=settings.task_hard_limit, blocking=False)
     if not lock.acquire():
         return {"skipped": "another collection is running"}
     try:

@@ -18,15 +18,12 @@ from typing import Any
 import httpx
 import redis
 
-from mlpulse.store import PREFIX
+from mlpulse import keys
 from mlpulse.tasks.records import Y_TRUE_QUEUE, client, publish
 from mlpulse.wire import Y_TRUE, canonical_id, encode, finite_number
 
 log = logging.getLogger(__name__)
 
-CURSOR_KEY = f"{PREFIX}labels:cursor"
-CSV_ROWS_KEY = f"{PREFIX}labels:csv_rows"
-LOCK_KEY = f"{PREFIX}labels:lock"
 FRAME_EVENTS = 500
 MAX_PAGES = 1000  # per run; the next run goes on from the stored cursor
 BAD_SHOWN = 20
@@ -45,7 +42,7 @@ def pull(url: str, timeout: float) -> dict[str, Any]:
     published, bad, pages = 0, [], 0
     with httpx.Client(timeout=timeout, follow_redirects=True) as http:
         while pages < MAX_PAGES:
-            cursor = _get(CURSOR_KEY)
+            cursor = _get(keys.LABELS_CURSOR)
             response = http.get(url, params={"after": cursor} if cursor else None)
             pages += 1
             if response.status_code >= 500 or response.status_code == 429:
@@ -66,13 +63,13 @@ def pull(url: str, timeout: float) -> dict[str, Any]:
             nxt = doc.get("next")
             if nxt is None or str(nxt) == cursor:
                 break
-            client().set(CURSOR_KEY, str(nxt))
+            client().set(keys.LABELS_CURSOR, str(nxt))
             if not doc["labels"]:
                 break
     for row in bad[:BAD_SHOWN]:
         log.warning("labels: skipped %s", row)
     return {"published": published, "bad": len(bad), "bad_rows": bad[:BAD_SHOWN],
-            "pages": pages, "cursor": _get(CURSOR_KEY)}
+            "pages": pages, "cursor": _get(keys.LABELS_CURSOR)}
 
 
 def _get(key: str) -> str | None:
@@ -115,12 +112,12 @@ def _take_csv(text: str) -> tuple[int, list[str]]:
     if reader.fieldnames is None or not {"id", "y_true"} <= set(reader.fieldnames):
         raise ValueError(f"the CSV needs an id,y_true header, not {reader.fieldnames}")
     rows = list(reader)
-    taken = int(_get(CSV_ROWS_KEY) or 0)
+    taken = int(_get(keys.LABELS_CSV_ROWS) or 0)
     if taken > len(rows):
         taken = 0  # the file was replaced by a shorter one: start over
     good, bad = _check(rows[taken:], first_row=taken + 1)
     _publish(good)
-    client().set(CSV_ROWS_KEY, len(rows))
+    client().set(keys.LABELS_CSV_ROWS, len(rows))
     return len(good), bad
 
 
