@@ -1,3 +1,5 @@
 """mlpulse: real-time monitoring of a deployed ML model."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("mlpulse")

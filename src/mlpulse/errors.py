@@ -6,6 +6,7 @@ import asyncio
 
 import aio_pika.exceptions
 import aiormq.exceptions
+import httpx
 import redis.exceptions
 
 
@@ -25,15 +26,21 @@ class BrokerLost(MlpulseError):
     """The connection to RabbitMQ went away; the caller reconnects."""
 
 
+class SourceUnavailable(MlpulseError):
+    """A third-party source answered with a server error or asked us to slow down."""
+
+
 class Backpressure(MlpulseError):
     """Work downstream is behind (the log is not being written); try the same work later."""
 
 
-# Errors after which the same work, tried again later, can succeed: the broker or Redis
-# went away or is starting, or work downstream is behind.
+# Errors after which the same work, tried again later, can succeed: the broker, Redis or
+# a label source went away or is starting, or work downstream is behind.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     Backpressure,
     BrokerLost,
+    SourceUnavailable,
+    httpx.TransportError,
     ConnectionError,
     TimeoutError,
     asyncio.TimeoutError,

@@ -34,8 +34,6 @@ KINDS = {
 }
 # Run by Beat only: deletes uploads and results older than MLPULSE_RETENTION_DAYS.
 SWEEP_TASK = "mlpulse.sweep_files"
-ADMIN_KINDS = frozenset({"retrain", "collect-labels"})
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE"})
 # Fields stored as JSON inside the hash.
 JSON_FIELDS = ("result", "params")
 NUMBER_FIELDS = ("submitted", "started", "finished", "done", "total")

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from mlpulse import __version__
 from mlpulse.gateway import api, pages, sockets, tasks
 from mlpulse.gateway.deps import Gateway
 
@@ -28,7 +29,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     """Build the app around one gateway's state."""
     # FastAPI's own /docs and /redoc load their scripts from a CDN with an inline script;
     # pages.py serves /docs from this origin instead, under the CSP below.
-    app = FastAPI(title="mlpulse gateway", version="0.1.0",
+    app = FastAPI(title="mlpulse gateway", version=__version__,
                   description="Live view of a deployed model's errors.",
                   docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.gateway = gateway

@@ -24,6 +24,7 @@ import redis
 from celery import Task, group
 
 from mlpulse import keys, taskbus
+from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml import registry
 from mlpulse.ml.data import diabetes, read_csv
 from mlpulse.tasks import labels
@@ -32,7 +33,6 @@ from mlpulse.tasks.records import client, progress, update
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _models: dict[str, registry.LoadedModel] = {}
 
@@ -143,7 +143,7 @@ def chunk_bounds(path: Path, rows_per_chunk: int) -> list[tuple[int, int, int, i
 
 
 @app.task(bind=True, base=Tracked, name="mlpulse.batch_score", finishes=False,
-          autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=5)
 def batch_score(self: Task, upload: str, rows: int, id_column: str | None = None) -> dict[str, Any]:
     """Split an uploaded CSV into chunks and score them on every worker."""
     job_id = self.request.id
@@ -184,7 +184,7 @@ def _done_rows(job_id: str) -> int:
 
 
 @app.task(bind=True, base=JobPart, name="mlpulse.score_chunk",
-          autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=5)
 def score_chunk(self: Task, job_id: str, upload: str, version: str, start: int, end: int,
                 first_row: int, index: int, chunks: int, total: int,
                 id_column: str | None) -> int:
@@ -233,7 +233,7 @@ def score_chunk(self: Task, job_id: str, upload: str, version: str, start: int, 
 
 
 @app.task(bind=True, base=JobPart, name="mlpulse.merge_scores",
-          autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=5)
 def merge_scores(self: Task, job_id: str, version: str, chunks: int, total: int,
                  id_column: str | None) -> str:
     """Join the parts into the result file, once; later runs find it done."""
@@ -299,7 +299,7 @@ def _trained(model_: registry.LoadedModel) -> dict[str, Any]:
 # ---------------------------------------------------------------- label collection
 
 @app.task(bind=True, base=Tracked, name="mlpulse.collect_labels",
-          autoretry_for=labels.TRANSIENT, retry_backoff=1, retry_backoff_max=30,
+          autoretry_for=TRANSIENT_ERRORS, retry_backoff=1, retry_backoff_max=30,
           retry_jitter=False, max_retries=8)
 def collect_labels(self: Task) -> dict[str, Any]:
     """Pull new labels from MLPULSE_LABELS_URL into y_true (Beat runs this)."""

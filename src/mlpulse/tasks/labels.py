@@ -16,9 +16,9 @@ import logging
 from typing import Any
 
 import httpx
-import redis
 
 from mlpulse import keys
+from mlpulse.errors import SourceUnavailable
 from mlpulse.tasks.records import Y_TRUE_QUEUE, client, publish
 from mlpulse.wire import Y_TRUE, canonical_id, encode, finite_number
 
@@ -27,14 +27,6 @@ log = logging.getLogger(__name__)
 FRAME_EVENTS = 500
 MAX_PAGES = 1000  # per run; the next run goes on from the stored cursor
 BAD_SHOWN = 20
-
-
-class SourceUnavailable(Exception):
-    """The source answered with a server error or asked us to slow down: try again."""
-
-
-TRANSIENT = (httpx.TransportError, SourceUnavailable, redis.ConnectionError,
-             redis.TimeoutError)
 
 
 def pull(url: str, timeout: float) -> dict[str, Any]:
