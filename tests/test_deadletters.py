@@ -112,3 +112,36 @@ def test_a_fixed_dead_letter_can_be_replayed(env: Env, spawn: Callable[..., Role
     assert purged.stdout.strip() == "1 dropped"
     assert dead_count(ch) == 0
     ch.connection.close()
+
+
+def test_replayed_poison_comes_back_alone_with_its_own_reason(
+        env: Env, spawn: Callable[..., Role]) -> None:
+    metric = spawn("metric")
+    ch = env.channel()
+    ch.queue_declare("y_true", durable=True)
+    poison = [b'{"id": "a\\nb", "body": 1}', b'{"id": "\\ud800", "body": 1}',
+              b'{"id": "big", "body": 1.4e154}', b'{"id": 18446744073709551617, "body": 1}',
+              b'{"id": "deep", "body": 1, "x": ' + b"[" * 300 + b"]" * 300 + b"}"]
+    frame = b"[" + b", ".join([b'{"id": "ok-1", "body": 2}', *poison]) + b"]"
+    ch.basic_publish("", "y_true", frame)
+    ch.basic_publish("", "y_pred", b'{"id": "ok-1", "body": 3, "model_version": "v1"}')
+
+    def codes() -> list[str]:
+        listed = cli(env, "dead", "list", "--json", "--limit", "100")
+        return sorted(json.loads(line)["code"] for line in listed.stdout.splitlines())
+
+    expected = sorted(["bad_id", "bad_id", "out_of_range", "bad_id", "bad_extra"])
+    wait_until(lambda: dead_count(ch) == len(poison) and env.row_count() == 1,
+               what="each poison element dead-lettered alone, the good one joined")
+    assert codes() == expected
+    replayed = cli(env, "dead", "replay", "--all")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.count("replayed ") == len(poison), "each letter replayed once"
+    r = env.redis()
+    wait_until(lambda: int(r.hget("mlpulse:agg", "rejected") or 0) == 2 * len(poison)
+               and dead_count(ch) == len(poison), what="the replayed letters back again")
+    r.close()
+    assert codes() == expected  # each for its own reason again, never "internal"
+    assert [row["id"] for row in env.rows()] == ["ok-1"]
+    assert metric.proc.poll() is None
+    ch.connection.close()

@@ -52,9 +52,13 @@ async def _walk(settings: Settings, limit: int | None,
     try:
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
-        queue = await channel.get_queue(DEAD_QUEUE)
+        queue = await channel.declare_queue(DEAD_QUEUE, durable=True, passive=True)
+        # Only what is there now: a replayed letter that fails again comes back to the
+        # tail of the queue and must not be replayed again by this same walk.
+        there = int(queue.declaration_result.message_count or 0)
+        limit = there if limit is None else min(limit, there)
         seen: list[DeadLetter] = []
-        while limit is None or len(seen) < limit:
+        while len(seen) < limit:
             msg = await queue.get(no_ack=False, fail=False)
             if msg is None:
                 break
