@@ -81,23 +81,24 @@ def test_public_routes(gateway: Gateway) -> None:
     assert httpx.get(gateway.http + "/openapi.json").json()["info"]["title"] == "mlpulse gateway"
 
 
-async def ws_close_code(url: str, origin: str | None = None,
-                        headers: dict[str, str] | None = None) -> int | None:
-    extra = dict(headers or {})
-    async with websockets.connect(url, origin=origin,  # type: ignore[arg-type]
-                                  additional_headers=extra) as ws:
-        return (await close_of(ws))[0]
+async def ws_refusal(url: str, origin: str | None = None) -> int:
+    """The HTTP status that refused a handshake (refusals come before the upgrade)."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url, origin=origin):  # type: ignore[arg-type]
+            pass
+    return refused.value.response.status_code
 
 
 @pytest.mark.parametrize("kind", [None, *BAD_TOKENS])
-async def test_bad_tokens_close_the_socket_with_1008(gateway: Gateway, kind: str | None) -> None:
+async def test_bad_tokens_refuse_the_handshake_with_401(gateway: Gateway,
+                                                        kind: str | None) -> None:
     url = gateway.ws if kind is None else f"{gateway.ws}?token={BAD_TOKENS[kind]()}"
-    assert await ws_close_code(url, origin=gateway.origin) == 1008
+    assert await ws_refusal(url, origin=gateway.origin) == 401
 
 
 async def test_foreign_origin_is_refused(gateway: Gateway) -> None:
     url = f"{gateway.ws}?token={token('alice')}"
-    assert await ws_close_code(url, origin="http://evil.example") == 1008
+    assert await ws_refusal(url, origin="http://evil.example") == 403
     async with websockets.connect(url, origin=gateway.origin) as ws:  # type: ignore[arg-type]
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert first["type"] == "snapshot"
@@ -116,7 +117,7 @@ async def test_connection_cap_and_rate_limit(start_gateway) -> None:  # type: ig
     async with websockets.connect(url) as a, websockets.connect(url) as b:
         await a.recv()
         await b.recv()
-        assert await ws_close_code(url) == 1008  # a third socket for bob
+        assert await ws_refusal(url) == 429  # a third socket for bob
         for _ in range(20):
             await a.send('{"type":"ping"}')
         code, reason = await close_of(a)

@@ -29,6 +29,7 @@ class User:
 
     name: str
     admin: bool = False
+    expires: float | None = None  # the token's `exp`, in seconds since the epoch
 
 
 def parse_duration(text: str) -> float:
@@ -81,4 +82,4 @@ def verify_token(secret: bytes, token: str | None) -> User:
     name = claims.get("sub")
     if not isinstance(name, str) or not USER_NAME.match(name):
         raise AuthError("invalid token (bad subject)")
-    return User(name, claims.get("admin") is True)
+    return User(name, claims.get("admin") is True, float(claims["exp"]))

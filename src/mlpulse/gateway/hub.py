@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
 from mlpulse.gateway.auth import User
+from mlpulse.gateway.protocols import BoundedWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ CLOSE_TOO_SLOW = 1013
 
 
 class Wire:
-    """Writes frames straight to one uvicorn websockets-sansio connection.
+    """Writes frames straight to one connection of the gateway's sans-I/O WebSocket protocol.
 
     Going through ASGI costs a coroutine chain and a task wake-up per message and per
     socket; a broadcast to thousands of sockets pays that thousands of times. The frame
@@ -38,14 +39,14 @@ class Wire:
 
     __slots__ = ("proto",)
 
-    def __init__(self, proto: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, proto: BoundedWebSocketProtocol) -> None:
         self.proto = proto
 
     @classmethod
     def of(cls, send: Callable[..., Any] | None) -> Wire | None:
-        """The wire under an ASGI `send`, when it is uvicorn's sans-I/O protocol."""
+        """The wire under an ASGI `send`, when it is the gateway's sans-I/O protocol."""
         proto = getattr(send, "__self__", None)
-        if isinstance(proto, WebSocketsSansIOProtocol) and not proto.conn.extensions:
+        if isinstance(proto, BoundedWebSocketProtocol) and not proto.conn.extensions:
             return cls(proto)
         return None
 
@@ -71,6 +72,10 @@ class Wire:
         except InvalidState as exc:
             raise ConnectionResetError("socket closed") from exc
         self.proto.transport.write(b"".join(conn.data_to_send()))
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame now, behind what is buffered, however full the buffer is."""
+        self.proto.close_now(code, reason)
 
 
 class Client:
@@ -105,6 +110,15 @@ class Client:
             return False  # the reader notices the close; the outbox takes it meanwhile
         DIRECT.inc()
         return True
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with `code`. Through the wire the frame goes out even past a full buffer;
+        through ASGI that wait is bounded, as a reader that stopped may never let it through."""
+        if self.wire is not None:
+            self.wire.close(code, reason)
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code, reason), 2.0)
 
     async def pump(self) -> None:
         """Send what had to wait, in order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 from collections.abc import Generator
 
@@ -16,6 +17,7 @@ from mlpulse.gateway.app import create_app
 from mlpulse.gateway.auth import issue_token, load_secret
 from mlpulse.gateway.deps import Gateway
 from mlpulse.gateway.hub import Hub
+from mlpulse.gateway.protocols import BoundedH11Protocol, BoundedWebSocketProtocol, HttpLimits
 from mlpulse.gateway.relay import Relay
 from mlpulse.store import connect_redis
 from mlpulse.taskbus import make_celery
@@ -53,10 +55,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     server = _Server(uvicorn.Config(
         create_app(gateway), host=settings.http_host, port=settings.http_port,
         log_config=None, lifespan="off", server_header=False,
+        # h11 rather than uvicorn's default httptools, which buffers a head of any size.
+        http=BoundedH11Protocol.bound(HttpLimits(
+            max_request_line=settings.http_max_request_line,
+            header_timeout=settings.http_header_timeout)),
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        timeout_keep_alive=math.ceil(settings.http_keepalive),  # uvicorn counts whole seconds
+        ws=BoundedWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=20, ws_ping_timeout=20,
         # Messages are small JSON serialised once for every receiver; per-connection
         # compression would redo the work for each socket and cost more than it saves.
-        ws_per_message_deflate=False, ws="websockets-sansio",
+        ws_per_message_deflate=False,
     ))
     tasks = {
         asyncio.create_task(relay.run(stop), name="relay"),
@@ -102,7 +111,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 async def _shutdown(hub: Hub, server: uvicorn.Server) -> None:
     """Tell every client we are going away, then let Uvicorn finish."""
-    closing = [asyncio.wait_for(c.ws.close(CLOSE_GOING_AWAY, "server shutting down"), 2)
-               for c in list(hub.clients)]
+    closing = [c.close(CLOSE_GOING_AWAY, "server shutting down") for c in list(hub.clients)]
     await asyncio.gather(*closing, return_exceptions=True)
     server.should_exit = True

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint: checks, registration, and one connection's lifetime."""
+"""The WebSocket endpoint: checks before the upgrade, registration, one connection's lifetime."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import time
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlpulse.gateway.auth import AuthError
+from mlpulse.gateway.auth import AuthError, User
 from mlpulse.gateway.deps import Gateway, gateway_of, user_of
 from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, Hub, Wire
 from mlpulse.gateway.relay import read_history
 
+# Close codes of an accepted socket: 1003 for a frame type it does not take, 1008 when it
+# loses its right (its token expires) or breaks a limit; 1013 (hub) when it falls behind.
+CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 RAW_SEND = "mlpulse.raw_send"
 router = APIRouter()
@@ -42,20 +46,16 @@ async def ws(websocket: WebSocket) -> None:
 
 
 async def serve_socket(websocket: WebSocket, gw: Gateway) -> None:
-    """Check, register and serve one WebSocket until it closes or falls behind."""
-    settings = gw.settings
-    # Accept first, so a refusal reaches the client as close code 1008, not an HTTP error.
+    """Check, register and serve one WebSocket until it closes, falls behind or expires."""
+    admitted = _admit(websocket, gw)
+    if isinstance(admitted, Response):
+        # Refused before the upgrade: an HTTP answer, and no socket to hold.
+        await websocket.send_denial_response(admitted)
+        return
+    user = admitted
     await websocket.accept()
-    origin = websocket.headers.get("origin")
-    if origin is not None and origin not in settings.origins():
-        await websocket.close(CLOSE_POLICY, "origin not allowed")
-        return
-    try:
-        user = user_of(websocket)
-    except AuthError as exc:
-        await websocket.close(CLOSE_POLICY, str(exc))
-        return
-    if gw.hub.connections_of(user.name) >= settings.ws_max_per_user:
+    if gw.hub.connections_of(user.name) >= gw.settings.ws_max_per_user:
+        # A handshake that ran alongside this one took the last place.
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
     client = gw.hub.add(websocket, user, Wire.of(websocket.scope.get(RAW_SEND)))
@@ -63,16 +63,40 @@ async def serve_socket(websocket: WebSocket, gw: Gateway) -> None:
         Hub.offer(client, gw.actualizer.full())
         for message in await read_history(gw.redis, user.name):
             Hub.offer(client, message)
-        await _run_client(websocket, client, gw)
+        verdict = await _run_client(websocket, client, gw)
     finally:
         gw.hub.remove(client)
+    if verdict is not None:
+        await client.close(*verdict)
 
 
-async def _run_client(websocket: WebSocket, client: Client, gw: Gateway) -> None:
+def _admit(websocket: WebSocket, gw: Gateway) -> User | Response:
+    """The user a handshake speaks for, or the HTTP answer that refuses it."""
+    origin = websocket.headers.get("origin")
+    if origin is not None and origin not in gw.settings.origins():
+        return _refusal(403, "origin not allowed")
+    try:
+        user = user_of(websocket)
+    except AuthError as exc:
+        return _refusal(401, str(exc), {"WWW-Authenticate": "Bearer"})
+    if gw.hub.connections_of(user.name) >= gw.settings.ws_max_per_user:
+        return _refusal(429, "too many connections")
+    return user
+
+
+def _refusal(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"detail": detail}, status, headers)
+
+
+async def _run_client(websocket: WebSocket, client: Client,
+                      gw: Gateway) -> tuple[int, str] | None:
+    """Serve one socket; the close code and reason it should end with, if any."""
     pump = asyncio.create_task(client.pump())
     reader = asyncio.create_task(_read(websocket, client, gw))
     slow = asyncio.create_task(client.dropped.wait())
-    done, pending = await asyncio.wait({pump, reader, slow}, return_when=asyncio.FIRST_COMPLETED)
+    expiry = asyncio.create_task(_expiry(client.user))
+    done, pending = await asyncio.wait({pump, reader, slow, expiry},
+                                       return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     for task in pending:
@@ -81,21 +105,24 @@ async def _run_client(websocket: WebSocket, client: Client, gw: Gateway) -> None
             await task
     # Every finished task's outcome is read here, so none is reported as unretrieved.
     failures = {t: t.exception() for t in done if not t.cancelled()}
-    if slow in done:
-        await _close(websocket, CLOSE_TOO_SLOW, "too slow: outbox full")
-    elif reader in done and failures[reader] is None:
-        verdict = reader.result()
-        if verdict is not None:
-            await _close(websocket, *verdict)
     exc = failures.get(pump)
     if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError | OSError):
         raise exc
+    if slow in done:
+        return CLOSE_TOO_SLOW, "too slow: outbox full"
+    if expiry in done:
+        return CLOSE_POLICY, "token expired"
+    if reader in done and failures[reader] is None:
+        return reader.result()
+    return None
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    # A reader that stopped reading may never let the close frame through: bound the wait.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), 2.0)
+async def _expiry(user: User) -> None:
+    """Returns when the user's token expires; never, for a user without an expiry."""
+    if user.expires is None:
+        await asyncio.get_running_loop().create_future()
+    else:
+        await asyncio.sleep(max(0.0, user.expires - time.time()))
 
 
 async def _read(websocket: WebSocket, client: Client, gw: Gateway) -> tuple[int, str] | None:
@@ -103,10 +130,12 @@ async def _read(websocket: WebSocket, client: Client, gw: Gateway) -> tuple[int,
     rate, burst = gw.settings.ws_rate, gw.settings.ws_burst
     tokens, last = float(burst), time.monotonic()
     while True:
-        try:
-            text = await websocket.receive_text()
-        except WebSocketDisconnect:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
             return None
+        text = message.get("text")
+        if text is None:
+            return CLOSE_UNSUPPORTED, "binary frames are not accepted"
         now = time.monotonic()
         tokens = min(burst, tokens + (now - last) * rate)
         last = now

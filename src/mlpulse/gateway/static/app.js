@@ -265,6 +265,30 @@
     el.textContent = text;
   }
 
+  // A refused handshake's HTTP status (401, 403, 429) is hidden from the page, and a socket
+  // whose token expires is closed with 1008: either way /api/me says whether the sign-in is
+  // still good. Signed out, the page says so instead of reconnecting forever.
+  function signedOut(why) {
+    state.signedOut = true;
+    setConn("offline", `signed out: ${why} · `);
+    $("conn").dataset.state = "signed-out";
+    const again = document.createElement("a");
+    again.href = "/logout"; again.textContent = "sign in again";
+    $("conn").append(again);
+  }
+
+  async function stillSignedIn() {
+    try {
+      const r = await fetch("/api/me", { cache: "no-store" });
+      if (r.status !== 401) return true;
+      const body = await r.json().catch(() => ({}));
+      signedOut(body.detail || "token expired");
+      return false;
+    } catch (err) {
+      return true;  // the gateway is away, not the sign-in: keep retrying
+    }
+  }
+
   let delay = 1000;
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -293,9 +317,9 @@
         addToFeed(msg, note);
       }
     };
-    ws.onclose = (ev) => {
+    ws.onclose = async () => {
       state.connected = false;
-      if (ev.code === 1008) { location.href = "/logout"; return; }
+      if (state.signedOut || !(await stillSignedIn())) return;
       const secs = Math.round(delay / 1000);
       setConn("offline", `offline, retrying in ${secs}s`);
       setTimeout(connect, delay);
@@ -305,7 +329,10 @@
 
   async function whoami() {
     const r = await fetch("/api/me");
-    if (r.ok) {
+    if (r.status === 401) {
+      const body = await r.json().catch(() => ({}));
+      signedOut(body.detail || "token expired");
+    } else if (r.ok) {
       const me = await r.json();
       $("who").textContent = me.admin ? `${me.user} (admin)` : me.user;
       $("t-retrain").hidden = !me.admin;
