@@ -36,9 +36,11 @@ MAX_VERSION_CHARS = 128
 MIN_INT_ID, MAX_INT_ID = -(2**63), 2**64 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # orjson reads an integer beyond 64 bits as a float, so 2**64 + 1 and 2**64 + 2 would
-# become one id (and one below -2**63, with 19 digits, likewise); a frame with a run of
-# 19 digits is read by the exact parser instead.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# become one id (and one below -2**63 likewise). A float id this large may have been such
+# an integer: its frame is read again by the exact parser, which tells them apart.
+_INEXACT_ID = 2.0**63
+# Versions seen valid, so the common case costs one lookup (bounded: versions are few).
+_good_versions: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -60,6 +62,10 @@ class Rejected:
     payload: bytes
 
 
+class _ReadExactly(Exception):
+    """The frame holds a value orjson may have rounded; read it with the exact parser."""
+
+
 class _Invalid(ValueError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
@@ -78,7 +84,8 @@ def canonical_id(value: Any) -> str:
             raise ValueError("id is an empty string")
         if len(value) > MAX_ID_CHARS:
             raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
-        if _CONTROL.search(value):
+        # Printable text holds no control character; only other text is searched for one.
+        if not value.isprintable() and _CONTROL.search(value):
             raise ValueError("id contains a control character (such as a line break)")
         if not value.isascii() and not _is_unicode(value):
             raise ValueError("id is not valid Unicode text (a lone surrogate)")
@@ -141,15 +148,14 @@ def features_body(body: Any, n_features: int | None) -> list[float]:
 
 def _loads(raw: bytes) -> tuple[Any, bool]:
     """The document, and whether it was read by the exact (slower) parser."""
-    orjson_error: orjson.JSONDecodeError | None
     try:
-        doc = orjson.loads(raw)
+        return orjson.loads(raw), False
     except orjson.JSONDecodeError as exc:
         orjson_error = exc
-    else:
-        if _LONG_DIGITS.search(raw) is None:
-            return doc, False
-        orjson_error = None
+    return _loads_exactly(raw, orjson_error)
+
+
+def _loads_exactly(raw: bytes, orjson_error: orjson.JSONDecodeError | None) -> tuple[Any, bool]:
     # The standard parser keeps big integers exact and reads what orjson refuses: NaN and
     # Infinity (Python's json writes them by default) and lone surrogates. Such an element
     # is then refused for its value, with a reason that says so, not as "not JSON".
@@ -177,6 +183,14 @@ def decode_frame(
         doc, exact = _loads(raw)
     except _Invalid as exc:
         return [], [Rejected(exc.code, exc.reason, raw)]
+    try:
+        return _events(doc, raw, numeric, n_features, exact)
+    except _ReadExactly:
+        return _events(_loads_exactly(raw, None)[0], raw, numeric, n_features, True)
+
+
+def _events(doc: Any, raw: bytes, numeric: bool, n_features: int | None,
+            exact: bool) -> tuple[list[Event], list[Rejected]]:
     if isinstance(doc, list):
         items, single = doc, False
     else:
@@ -201,6 +215,8 @@ def _event(item: Any, numeric: bool, n_features: int | None, exact: bool) -> Eve
     if "body" not in item:
         raise _Invalid("no_body", 'the event has no "body"')
     raw_id = item["id"]
+    if type(raw_id) is float and not exact and abs(raw_id) >= _INEXACT_ID:
+        raise _ReadExactly
     try:
         cid = canonical_id(raw_id)
     except ValueError as exc:
@@ -215,19 +231,29 @@ def _event(item: Any, numeric: bool, n_features: int | None, exact: bool) -> Eve
 def _check_extra(extra: dict[str, Any], exact: bool) -> None:
     """Extra keys are kept and sent on, so each must survive being written again."""
     version = extra.get("model_version")
-    if version is not None and not _is_version(version):
-        raise _Invalid("bad_extra", "model_version must be text of at most "
-                       f"{MAX_VERSION_CHARS} characters without control characters")
+    if version is not None and (exact or version not in _good_versions):
+        if not _is_version(version):
+            raise _Invalid("bad_extra", "model_version must be text of at most "
+                           f"{MAX_VERSION_CHARS} characters without control characters")
+        if not exact and type(version) is str and len(_good_versions) < 256:
+            _good_versions.add(version)
     # What orjson read, it writes back, but for containers nested deeper than it writes.
     # What the exact parser read may hold big integers, non-finite numbers or lone
     # surrogates: each is refused here, not in the middle of a batch further on.
-    if exact or any(type(v) is dict or type(v) is list for v in extra.values()):
+    if exact or _has_container(extra):
         try:
             orjson.dumps(extra)
             if exact:
                 json.dumps(extra, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise _Invalid("bad_extra", f"an extra key cannot be kept: {exc}") from None
+
+
+def _has_container(extra: dict[str, Any]) -> bool:
+    for value in extra.values():
+        if type(value) is dict or type(value) is list:
+            return True
+    return False
 
 
 def _is_version(version: Any) -> bool:
