@@ -90,6 +90,7 @@ POISON = {
     "ts too large for a float": (b'{"id": "t", "body": 1, "ts": 1' + b"0" * 400 + b"}",
                                  "bad_extra"),
     "ts of 1e400": (b'{"id": "t", "body": 1, "ts": 1e400}', "bad_extra"),
+    "model_version not text": (b'{"id": "m", "body": 1, "model_version": ["v1"]}', "bad_extra"),
     "label whose square overflows": (b'{"id": "o", "body": 1.4e154}', "out_of_range"),
     "integer id beyond 64 bits": (b'{"id": 18446744073709551617, "body": 1}', "bad_id"),
 }

@@ -231,7 +231,8 @@ def _event(item: Any, numeric: bool, n_features: int | None, exact: bool) -> Eve
 def _check_extra(extra: dict[str, Any], exact: bool) -> None:
     """Extra keys are kept and sent on, so each must survive being written again."""
     version = extra.get("model_version")
-    if version is not None and (exact or version not in _good_versions):
+    if version is not None and (exact or type(version) is not str
+                                or version not in _good_versions):
         if not _is_version(version):
             raise _Invalid("bad_extra", "model_version must be text of at most "
                            f"{MAX_VERSION_CHARS} characters without control characters")
