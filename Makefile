@@ -30,3 +30,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The fault suite at soak size: more rounds and events than CI runs (see docs/reliability.md).
+.PHONY: soak
+soak: install
+	MLPULSE_SOAK=1 $(PY) -m pytest tests/faults --timeout 3600

@@ -1,9 +1,14 @@
-"""Shared fixtures: real RabbitMQ (own vhost), real Redis (own db), real role processes."""
+"""Shared fixtures: real RabbitMQ (own vhost), real Redis (own db), real role processes.
+
+Tests that stop, kill or fill a service use `private_env` instead of `env`: a RabbitMQ node
+and a Redis of the session's own (tests/nodes.py), so the machine's are never disturbed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import re
 import shutil
@@ -20,6 +25,9 @@ from pathlib import Path
 import pika
 import pytest
 import redis
+
+from mlpulse.health import heartbeat_key
+from tests.nodes import RabbitNode, RedisNode
 
 # Separate values let two test runs share one machine without touching each other.
 VHOST = os.environ.get("MLPULSE_TEST_VHOST", "mlpulse-test")
@@ -100,12 +108,7 @@ class Env:
         return conn.channel()
 
 
-@pytest.fixture
-def env(tmp_path: Path, amqp_url: str) -> Env:
-    redis_url = f"redis://localhost:6379/{REDIS_DB}"
-    r = redis.Redis.from_url(redis_url)
-    r.flushdb()
-    r.close()
+def _delete_queues(amqp_url: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     for q in CLEARED:
         ch = conn.channel()
@@ -115,14 +118,75 @@ def env(tmp_path: Path, amqp_url: str) -> Env:
         except pika.exceptions.ChannelClosedByBroker:
             pass  # the queue is not there (this broker says so with a 404)
     conn.close()
-    variables = {
+
+
+def _role_vars(root: Path, amqp_url: str, redis_url: str) -> dict[str, str]:
+    return {
         "MLPULSE_AMQP_URL": amqp_url,
         "MLPULSE_REDIS_URL": redis_url,
-        "MLPULSE_LOG_DIR": str(tmp_path / "logs"),
-        "MLPULSE_DATA_DIR": str(tmp_path / "data"),
-        "MLPULSE_MODELS_DIR": str(tmp_path / "models"),
+        "MLPULSE_LOG_DIR": str(root / "logs"),
+        "MLPULSE_DATA_DIR": str(root / "data"),
+        "MLPULSE_MODELS_DIR": str(root / "models"),
     }
-    return Env(tmp_path, amqp_url, redis_url, variables)
+
+
+@pytest.fixture
+def env(tmp_path: Path, amqp_url: str) -> Env:
+    redis_url = f"redis://localhost:6379/{REDIS_DB}"
+    r = redis.Redis.from_url(redis_url)
+    r.flushdb()
+    r.close()
+    _delete_queues(amqp_url)
+    return Env(tmp_path, amqp_url, redis_url, _role_vars(tmp_path, amqp_url, redis_url))
+
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the session's own, which tests may stop and kill -9."""
+    root = tmp_path_factory.mktemp("rabbit")
+    try:
+        node = RabbitNode(root)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
+    """A Redis of the session's own with an AOF fsynced on every write."""
+    root = tmp_path_factory.mktemp("redis")
+    try:
+        node = RedisNode(root)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_env(tmp_path: Path, rabbit_node: RabbitNode, redis_node: RedisNode) -> Env:
+    """An `Env` on the private nodes, up again and empty whatever the last test did to them.
+
+    A module or package that injects faults into the services overrides `env` with it, so
+    `spawn` and the other fixtures follow.
+    """
+    rabbit_node.ensure_up()
+    redis_node.ensure_up()
+    client = redis_node.client()
+    client.flushall()
+    client.close()
+    amqp_url, redis_url = rabbit_node.url(), redis_node.url()
+    _delete_queues(amqp_url)
+    return Env(tmp_path, amqp_url, redis_url, _role_vars(tmp_path, amqp_url, redis_url))
 
 
 class Role:
@@ -212,6 +276,87 @@ def spawn(env: Env) -> Iterator[Callable[..., Role]]:
             os.killpg(role.proc.pid, signal.SIGKILL)
         role.proc.wait(10)
         role.close()
+
+
+# The queues each pipeline role consumes; a role not listed consumes none.
+ROLE_QUEUES = {"model": ("features",), "metric": ("y_true", "y_pred")}
+
+
+class Readiness:
+    """What the broker and Redis say about a role: its consumers and its heartbeat."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.conn = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+        self.channel = self.conn.channel()
+        self.redis = env.redis()
+
+    def consumers(self, queue: str) -> int:
+        """Consumers the broker counts on a queue (0 while it does not exist yet)."""
+        try:
+            ok = self.channel.queue_declare(queue, durable=True, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            self.channel = self.conn.channel()
+            return 0
+        return int(ok.method.consumer_count)
+
+    def beating_pid(self, role: str) -> int | None:
+        """The pid in this host's heartbeat for `role`, if there is one."""
+        raw = self.redis.get(heartbeat_key(role))
+        return None if raw is None else int(json.loads(raw)["pid"])
+
+    def close(self) -> None:
+        self.redis.close()
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self.conn.close()
+
+
+def wait_ready(env: Env, role: Role, consumers: int = 1, timeout: float = 90.0) -> None:
+    """Wait until `role` beats in Redis under its own pid and the broker counts `consumers`
+    consumers on every queue it reads.
+
+    A role writes its first beat as it starts, before it consumes (the model role may still
+    be training), so the beat alone says only that the process is up.
+    """
+    name = role.args[0]
+    queues = ROLE_QUEUES.get(name, ())
+    view = Readiness(env)
+
+    def ready() -> bool:
+        code = role.proc.poll()
+        if code is not None:
+            raise AssertionError(f"{name} exited with {code} before it was ready:\n"
+                                 f"{role.output()}")
+        return (view.beating_pid(name) == role.proc.pid
+                and all(view.consumers(q) >= consumers for q in queues))
+
+    try:
+        wait_until(ready, timeout, f"{name} to beat and consume {', '.join(queues) or '-'}")
+    finally:
+        view.close()
+
+
+def wait_released(env: Env, name: str, timeout: float = 30.0) -> None:
+    """Wait until the broker counts no consumer on the queues of role `name` (after a kill,
+    once it has seen the connection drop)."""
+    view = Readiness(env)
+    try:
+        wait_until(lambda: not any(view.consumers(q) for q in ROLE_QUEUES.get(name, ())),
+                   timeout, f"the broker to drop {name}'s consumers")
+    finally:
+        view.close()
+
+
+@pytest.fixture
+def start_role(env: Env, spawn: Callable[..., Role]) -> Callable[..., Role]:
+    """Start a pipeline role and wait until it is ready by the broker's and Redis's account."""
+
+    def start(*args: str, extra: dict[str, str] | None = None, timeout: float = 90.0) -> Role:
+        role = spawn(*args, extra=extra, ready=None)
+        wait_ready(env, role, timeout=timeout)
+        return role
+
+    return start
 
 
 def assert_logged_once(env: Env, total: int) -> None:

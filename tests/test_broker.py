@@ -1,43 +1,45 @@
-"""A RabbitMQ restart in mid-stream: persistent messages survive and are logged once."""
+"""A RabbitMQ restart in mid-stream: persistent messages survive and are logged once.
+
+The broker is the session's private node (tests/nodes.py): restarting the machine's own
+would take down every other system that uses it. This test drives `mlpulse produce`, so
+the project's own producer is shown to ride out the restart too; the fault suite in
+tests/faults/ repeats the fault in rounds, with a kill -9 of the node as well.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Env, Role, assert_logged_once, wait_until
-
-RABBITMQCTL = shutil.which("rabbitmqctl")
-
-
-def rabbitmqctl(*args: str) -> None:
-    assert RABBITMQCTL is not None
-    subprocess.run([RABBITMQCTL, *args], check=True, capture_output=True, timeout=120)
+from tests.conftest import Env, Role, assert_logged_once, wait_ready, wait_until
+from tests.nodes import RabbitNode
 
 
-@pytest.mark.skipif(RABBITMQCTL is None, reason="needs rabbitmqctl to restart the broker")
+@pytest.fixture
+def env(private_env: Env) -> Env:
+    return private_env
+
+
 def test_broker_restart_mid_stream_loses_and_repeats_nothing(
-        env: Env, spawn: Callable[..., Role]) -> None:
-    model = spawn("model")
-    metric = spawn("metric")
+        env: Env, start_role: Callable[..., Role], rabbit_node: RabbitNode) -> None:
+    model = start_role("model")
+    metric = start_role("metric")
     total = 6000
     producer = subprocess.Popen(
         [sys.executable, "-m", "mlpulse", "produce", "--count", str(total), "--batch", "20",
-         "--rate", "1500"],
+         "--rate", "800"],
         env={**os.environ, **env.vars}, cwd=env.root, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: env.row_count() >= 1000, what="1000 rows before the restart")
-        rabbitmqctl("stop_app")
+        rabbit_node.stop_app()
         at_stop = env.row_count()
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-        assert at_stop < total
+        rabbit_node.start_app()
+        assert 0 < at_stop < total, f"the restart came at {at_stop} rows of {total}"
         assert producer.wait(180) == 0, producer.stderr.read() if producer.stderr else ""
     finally:
         if producer.poll() is None:
@@ -48,5 +50,5 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     wait_until(lambda: env.row_count() >= total, timeout=90, what=f"{total} rows")
     assert_logged_once(env, total)
     for role in (model, metric):
-        assert role.proc.poll() is None, "a role should reconnect, not die"
-        assert "reconnecting" in role.output()
+        # The same process consumes again on the restarted broker: it reconnected, not died.
+        wait_ready(env, role)
