@@ -117,10 +117,14 @@ async def _main(role: str, body: RoleBody, settings: Settings) -> None:
         log.warning("%s was cut short to stop within %gs; unacked messages return to their "
                     "queues", role, settings.stop_timeout)
     except BaseExceptionGroup as failed:
-        # Usually one task failed: raise its error as itself, so a clear one stays one line.
-        if len(failed.exceptions) == 1:
-            raise failed.exceptions[0] from None
-        raise
+        # Usually one task failed (in a group within a group): raise its error as itself,
+        # so a clear one stays one line.
+        sole: BaseException = failed
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if sole is failed:
+            raise
+        raise sole from None
     log.info("%s stopped", role)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import sys
 from collections.abc import Generator
 
@@ -28,11 +29,22 @@ CLOSE_GOING_AWAY = 1001
 
 
 class _Server(uvicorn.Server):
-    """Uvicorn without its own signal handlers: the role's stop event ends it."""
+    """Uvicorn without its own signal handlers (the role's stop event ends it), saying
+    when it listens with an event rather than a flag."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Uvicorn's start-up, then the event."""
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
 
 
 def login_banner(settings: Settings, secret: bytes) -> str:
@@ -44,15 +56,34 @@ def login_banner(settings: Settings, secret: bytes) -> str:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the gateway until `stop`; if one of its tasks dies, fail loudly."""
+    """Run the gateway until `stop`; a crash in any of its tasks ends it loudly."""
     secret, first_start = load_secret(settings)
-    redis = await connect_redis(settings)
-    hub = Hub(settings.ws_outbox)
-    actualizer = Actualizer(redis, hub)
-    relay = Relay(settings, hub, redis)
-    celery = make_celery(settings)
-    gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected, celery)
-    server = _Server(uvicorn.Config(
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await connect_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        celery = make_celery(settings)
+        stack.callback(celery.close)
+        hub = Hub(settings.ws_outbox)
+        actualizer = Actualizer(redis, hub)
+        relay = Relay(settings, hub, redis)
+        gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected, celery)
+        server = _Server(_uvicorn_config(settings, gateway))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(relay.run(stop), name="relay")
+            group.create_task(relay.keep_history(stop), name="history")
+            await asyncio.wait_for(relay.ready.wait(), 30)
+            await actualizer.step()
+            group.create_task(actualizer.run(stop), name="actualizer")
+            group.create_task(_serve_web(server, hub, stop), name="web")
+            await server.listening.wait()  # a web server that fails ends the group instead
+            if first_start:
+                sys.stdout.write(login_banner(settings, secret))
+                sys.stdout.flush()
+            log.info("ready: http://localhost:%d", settings.http_port)
+
+
+def _uvicorn_config(settings: Settings, gateway: Gateway) -> uvicorn.Config:
+    return uvicorn.Config(
         create_app(gateway), host=settings.http_host, port=settings.http_port,
         log_config=None, lifespan="off", server_header=False,
         # h11 rather than uvicorn's default httptools, which buffers a head of any size.
@@ -66,51 +97,18 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         # Messages are small JSON serialised once for every receiver; per-connection
         # compression would redo the work for each socket and cost more than it saves.
         ws_per_message_deflate=False,
-    ))
-    tasks = {
-        asyncio.create_task(relay.run(stop), name="relay"),
-        asyncio.create_task(actualizer.run(stop), name="actualizer"),
-        asyncio.create_task(relay.keep_history(stop), name="history"),
-    }
-    try:
-        await asyncio.wait_for(relay.ready.wait(), 30)
-        await actualizer.step()
-        tasks.add(asyncio.create_task(server.serve(), name="web"))
-        while not server.started:
-            await asyncio.sleep(0.05)
-            if any(t.done() for t in tasks):
-                break
-        if first_start:
-            sys.stdout.write(login_banner(settings, secret))
-            sys.stdout.flush()
-        log.info("ready: http://localhost:%d", settings.http_port)
-        stopping = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        # A task that returns once the stop is set has simply finished its work.
-        died = [t for t in done if t is not stopping
-                and (t.cancelled() or t.exception() is not None or not stop.is_set())]
-        for t in died:
-            log.error("gateway task %s ended unexpectedly: %r", t.get_name(),
-                      t.exception() if not t.cancelled() else "cancelled")
-        stop.set()
-        await _shutdown(hub, server)
-        for t in died:
-            if not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-        if died:
-            raise RuntimeError(f"gateway task {died[0].get_name()} stopped")
-    finally:
+    )
+
+
+async def _serve_web(server: uvicorn.Server, hub: Hub, stop: asyncio.Event) -> None:
+    """Uvicorn until `stop`; then every client is told we are going away, and it ends."""
+    async with asyncio.TaskGroup() as group:
+        web = group.create_task(server.serve(), name="uvicorn")
+        stopping = group.create_task(stop.wait(), name="stopping")
+        await asyncio.wait({web, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            stopping.cancel()
+            raise RuntimeError("the web server stopped by itself")
+        closing = [c.close(CLOSE_GOING_AWAY, "server shutting down") for c in list(hub.clients)]
+        await asyncio.gather(*closing, return_exceptions=True)
         server.should_exit = True
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await redis.aclose()
-        celery.close()
-
-
-async def _shutdown(hub: Hub, server: uvicorn.Server) -> None:
-    """Tell every client we are going away, then let Uvicorn finish."""
-    closing = [c.close(CLOSE_GOING_AWAY, "server shutting down") for c in list(hub.clients)]
-    await asyncio.gather(*closing, return_exceptions=True)
-    server.should_exit = True

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -88,33 +89,38 @@ def _refusal(status: int, detail: str, headers: dict[str, str] | None = None) ->
     return JSONResponse({"detail": detail}, status, headers)
 
 
+class _Ended(Exception):
+    """One of a socket's tasks has decided how the socket ends; the others stop."""
+
+    def __init__(self, verdict: tuple[int, str] | None) -> None:
+        super().__init__(verdict)
+        self.verdict = verdict
+
+
+async def _ends(work: Awaitable[object], verdict: Callable[[Any], tuple[int, str] | None]) -> None:
+    raise _Ended(verdict(await work))
+
+
 async def _run_client(websocket: WebSocket, client: Client,
                       gw: Gateway) -> tuple[int, str] | None:
-    """Serve one socket; the close code and reason it should end with, if any."""
-    pump = asyncio.create_task(client.pump())
-    reader = asyncio.create_task(_read(websocket, client, gw))
-    slow = asyncio.create_task(client.dropped.wait())
-    expiry = asyncio.create_task(_expiry(client.user))
-    done, pending = await asyncio.wait({pump, reader, slow, expiry},
-                                       return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, OSError,
-                                 RuntimeError):
-            await task
-    # Every finished task's outcome is read here, so none is reported as unretrieved.
-    failures = {t: t.exception() for t in done if not t.cancelled()}
-    exc = failures.get(pump)
-    if exc is not None and not isinstance(exc, WebSocketDisconnect | RuntimeError | OSError):
-        raise exc
-    if slow in done:
-        return CLOSE_TOO_SLOW, "too slow: outbox full"
-    if expiry in done:
-        return CLOSE_POLICY, "token expired"
-    if reader in done and failures[reader] is None:
-        return reader.result()
-    return None
+    """Serve one socket; the close code and reason it should end with, if any.
+
+    Its four tasks run as one group: whichever ends first decides, and the group stops
+    the rest; a failure of any of them is raised, not left behind."""
+    ended: tuple[int, str] | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_ends(client.pump(), lambda _: None), name="pump")
+            group.create_task(_ends(_read(websocket, client, gw), lambda v: v), name="reader")
+            group.create_task(_ends(client.dropped.wait(),
+                                    lambda _: (CLOSE_TOO_SLOW, "too slow: outbox full")))
+            group.create_task(_ends(_expiry(client.user),
+                                    lambda _: (CLOSE_POLICY, "token expired")))
+    except* _Ended as done:
+        ended = next(e.verdict for e in done.exceptions if isinstance(e, _Ended))
+    except* (WebSocketDisconnect, RuntimeError, OSError):
+        ended = None  # the peer went away while a frame was being written
+    return ended
 
 
 async def _expiry(user: User) -> None:
