@@ -22,7 +22,7 @@ import yaml
 
 from mlpulse.cli import cli
 from mlpulse.config import Settings
-from mlpulse.taskbus import make_celery
+from mlpulse.task_queue import make_celery
 from tests.conftest import Env, Role, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

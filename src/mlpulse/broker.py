@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as amqp_spec
 
-from mlpulse import metrics
+from mlpulse import telemetry
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS, BrokerLost, ServiceUnavailable
 from mlpulse.waiting import Backoff, first_of, stopped_within, until_port_answers
@@ -103,7 +103,7 @@ async def publish_many(channel: AbstractChannel, routing_key: str, bodies: Itera
                for b in bodies]
     if pending:
         await asyncio.gather(*pending)
-        metrics.MESSAGES_OUT.labels(routing_key).inc(len(pending))
+        telemetry.MESSAGES_OUT.labels(routing_key).inc(len(pending))
     return len(pending)
 
 
@@ -128,7 +128,7 @@ async def dead_letter(channel: AbstractChannel, source: str, rejected: Sequence[
         )
     )
     for r, message_id in zip(rejected, ids, strict=True):
-        metrics.DEAD_LETTERED.labels(source, r.code).inc()
+        telemetry.DEAD_LETTERED.labels(source, r.code).inc()
         log.warning("dead-lettered a message from %s: %s", source, r.reason,
                     extra={"msg_id": message_id})
 
@@ -265,9 +265,9 @@ class BatchConsumer:
 
     async def _process(self, batch: list[DeliveredMessage], stop: asyncio.Event) -> bool:
         """Handle a batch, retrying transient failures; False if left for redelivery."""
-        metrics.BATCH_MESSAGES.observe(len(batch))
+        telemetry.BATCH_MESSAGES.observe(len(batch))
         for queue, n in collections.Counter(m.routing_key or "" for m in batch).items():
-            metrics.MESSAGES_IN.labels(queue).inc(n)
+            telemetry.MESSAGES_IN.labels(queue).inc(n)
         backoff = Backoff()
         while True:
             try:
@@ -283,7 +283,7 @@ class BatchConsumer:
 
     async def _handle(self, batch: list[DeliveredMessage]) -> None:
         try:
-            with metrics.BATCH_SECONDS.time():
+            with telemetry.BATCH_SECONDS.time():
                 await self.handler(batch)
         except TRANSIENT_ERRORS:
             raise
@@ -337,7 +337,7 @@ async def consume_until_stopped(
             await consumer.run(stop)
             backoff.reset()
         except TRANSIENT_ERRORS as exc:
-            metrics.RECONNECTS.inc()
+            telemetry.RECONNECTS.inc()
             log.warning("lost RabbitMQ (%r); reconnecting", exc)
         finally:
             await close_quietly(connection)

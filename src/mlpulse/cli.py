@@ -141,7 +141,7 @@ def beat(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
     beat_init.connect(ready, weak=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from mlpulse.health import beat_in_thread
-    from mlpulse.metrics import serve
+    from mlpulse.telemetry import serve
 
     serve(settings.metrics_port, settings.http_host)
     heartbeat = beat_in_thread(settings, "beat")

@@ -68,7 +68,7 @@ def run_role(role: str, body: RoleBody, settings: Settings) -> None:
     """Run a role until it returns or a stop signal has let it finish within the grace time."""
     configure_logging(settings, role)
     if role != "gateway":  # the gateway serves /metrics on its own port
-        from mlpulse.metrics import serve
+        from mlpulse.telemetry import serve
 
         serve(settings.metrics_port, settings.http_host)
     # uvloop (installed with uvicorn[standard]) makes every socket and timer cheaper.

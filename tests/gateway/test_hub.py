@@ -148,7 +148,7 @@ async def test_a_reader_that_stops_is_dropped_and_others_get_everything(
                           if line.startswith(name + " ")).split()[-1])
 
     assert value("mlpulse_gateway_slow_client_drops_total") == 1
-    # Most messages went straight to the sockets (hub.Wire), not through the outboxes.
+    # Most messages went straight to the sockets (hub.FrameWriter), not through the outboxes.
     assert value("mlpulse_gateway_direct_writes_total") > n // 2
     assert await asyncio.to_thread(stalled.close_code) == 1013
 

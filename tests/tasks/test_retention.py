@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlpulse.config import Settings
-from mlpulse.taskbus import make_celery
+from mlpulse.task_queue import make_celery
 from tests.conftest import Env, Role, wait_until
 
 DAY = 86400.0

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mlpulse import __version__
-from mlpulse.gateway import api, pages, sockets, tasks
+from mlpulse.gateway import api, pages, sockets, task_routes
 from mlpulse.gateway.deps import Gateway
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
-    app.include_router(tasks.router)
+    app.include_router(task_routes.router)
     app.include_router(sockets.router)
 
     app.add_middleware(sockets.KeepRawSend)

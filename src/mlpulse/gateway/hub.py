@@ -28,7 +28,7 @@ DROPS = Counter("mlpulse_gateway_slow_client_drops_total",
 CLOSE_TOO_SLOW = 1013
 
 
-class Wire:
+class FrameWriter:
     """Writes frames straight to one connection of the gateway's sans-I/O WebSocket protocol.
 
     Going through ASGI costs a coroutine chain and a task wake-up per message and per
@@ -43,7 +43,7 @@ class Wire:
         self.proto = proto
 
     @classmethod
-    def of(cls, send: Callable[..., Any] | None) -> Wire | None:
+    def of(cls, send: Callable[..., Any] | None) -> FrameWriter | None:
         """The wire under an ASGI `send`, when it is the gateway's sans-I/O protocol."""
         proto = getattr(send, "__self__", None)
         if isinstance(proto, BoundedWebSocketProtocol) and not proto.conn.extensions:
@@ -83,7 +83,8 @@ class Client:
 
     __slots__ = ("backlog", "dropped", "outbox", "seq", "user", "wire", "ws")
 
-    def __init__(self, ws: WebSocket, user: User, limit: int, wire: Wire | None = None) -> None:
+    def __init__(self, ws: WebSocket, user: User, limit: int,
+                 wire: FrameWriter | None = None) -> None:
         self.ws = ws
         self.user = user
         self.wire = wire
@@ -144,7 +145,7 @@ class Hub:
         """How many sockets a user has open."""
         return len(self.by_user.get(user, ()))
 
-    def add(self, ws: WebSocket, user: User, wire: Wire | None = None) -> Client:
+    def add(self, ws: WebSocket, user: User, wire: FrameWriter | None = None) -> Client:
         """Register a new connection."""
         client = Client(ws, user, self.outbox_limit, wire)
         self.clients.add(client)

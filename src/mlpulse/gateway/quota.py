@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from mlpulse import taskbus
+from mlpulse import task_queue
 from mlpulse.config import Settings
 from mlpulse.store import Redis
 
@@ -67,11 +67,11 @@ async def admit(redis: Redis, settings: Settings, user: str,
     Without a record, only check: an upload is refused before its body is read."""
     task_id = record["id"] if record else ""
     args: list[Any] = [settings.tasks_per_minute, settings.tasks_max_running,
-                       horizon(settings), taskbus.RECORD_TTL, taskbus.record_key(""), task_id]
+                       horizon(settings), task_queue.RECORD_TTL, task_queue.record_key(""), task_id]
     for field, value in (record or {}).items():
         args.extend((field, value))
     script = redis.register_script(_ADMIT)
-    verdict = await script(keys=[taskbus.owner_key(user), taskbus.record_key(task_id)],
+    verdict = await script(keys=[task_queue.owner_key(user), task_queue.record_key(task_id)],
                            args=args)
     if int(verdict[0]) == 1:
         wait = max(1, math.ceil(float(verdict[1])))

@@ -21,7 +21,7 @@ from mlpulse.gateway.hub import Hub
 from mlpulse.gateway.protocols import BoundedH11Protocol, BoundedWebSocketProtocol, HttpLimits
 from mlpulse.gateway.relay import Relay
 from mlpulse.store import connect_redis
-from mlpulse.taskbus import make_celery
+from mlpulse.task_queue import make_celery
 
 log = logging.getLogger(__name__)
 

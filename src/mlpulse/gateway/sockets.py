@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlpulse.gateway.auth import AuthError, User
 from mlpulse.gateway.deps import Gateway, gateway_of, user_of
-from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, Hub, Wire
+from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, FrameWriter, Hub
 from mlpulse.gateway.relay import read_history
 
 # Close codes of an accepted socket: 1003 for a frame type it does not take, 1008 when it
@@ -29,7 +29,7 @@ class KeepRawSend:
     """ASGI middleware: remembers the server's own `send` for WebSockets.
 
     Starlette wraps `send` on its way to an endpoint; the hub needs the server's, to
-    write frames without a task switch per message (see `hub.Wire`)."""
+    write frames without a task switch per message (see `hub.FrameWriter`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -59,7 +59,7 @@ async def serve_socket(websocket: WebSocket, gw: Gateway) -> None:
         # A handshake that ran alongside this one took the last place.
         await websocket.close(CLOSE_POLICY, "too many connections")
         return
-    client = gw.hub.add(websocket, user, Wire.of(websocket.scope.get(RAW_SEND)))
+    client = gw.hub.add(websocket, user, FrameWriter.of(websocket.scope.get(RAW_SEND)))
     try:
         Hub.offer(client, gw.actualizer.full())
         for message in await read_history(gw.redis, user.name):

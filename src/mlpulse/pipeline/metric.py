@@ -12,7 +12,7 @@ import time
 
 from aio_pika.abc import AbstractChannel
 
-from mlpulse import keys, metrics
+from mlpulse import keys, telemetry
 from mlpulse.broker import BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
 from mlpulse.pipeline.joiner import Joiner
@@ -32,16 +32,16 @@ async def export_join_state(redis: Redis) -> None:
     pipe.hlen(keys.pending("t"))
     pipe.hlen(keys.pending("p"))
     pending_t, pending_p = await pipe.execute()
-    metrics.JOIN_PENDING.labels("y_true").set(pending_t)
-    metrics.JOIN_PENDING.labels("y_pred").set(pending_p)
+    telemetry.JOIN_PENDING.labels("y_true").set(pending_t)
+    telemetry.JOIN_PENDING.labels("y_pred").set(pending_p)
     summary = await read_summary(redis)
-    metrics.JOINED.set(summary["count"])
-    metrics.UNMATCHED.set(summary["unmatched"])
-    metrics.DUPLICATES.set(summary["duplicates"])
-    metrics.REJECTED.set(summary["rejected"])
+    telemetry.JOINED.set(summary["count"])
+    telemetry.UNMATCHED.set(summary["unmatched"])
+    telemetry.DUPLICATES.set(summary["duplicates"])
+    telemetry.REJECTED.set(summary["rejected"])
     if summary["mae"] is not None:
-        metrics.MAE.set(summary["mae"])
-        metrics.RMSE.set(summary["rmse"])
+        telemetry.MAE.set(summary["mae"])
+        telemetry.RMSE.set(summary["rmse"])
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

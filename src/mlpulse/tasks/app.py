@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mlpulse.config import load_settings
-from mlpulse.taskbus import make_celery
+from mlpulse.task_queue import make_celery
 
 settings = load_settings()
-app = make_celery(settings, include=["mlpulse.tasks.jobs", "mlpulse.tasks.metrics",
+app = make_celery(settings, include=["mlpulse.tasks.jobs", "mlpulse.tasks.telemetry",
                                      "mlpulse.tasks.retention"])

@@ -23,7 +23,7 @@ import pandas as pd
 import redis
 from celery import Task, group
 
-from mlpulse import keys, taskbus
+from mlpulse import keys, task_queue
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml import registry
 from mlpulse.ml.data import diabetes, read_csv
@@ -159,7 +159,7 @@ def batch_score(self: Task, upload: str, rows: int, id_column: str | None = None
     if total != rows:
         log.warning("task %s: the gateway counted %d rows, the chunks hold %d", job_id, rows,
                     total)
-    client().hset(taskbus.record_key(job_id), mapping={
+    client().hset(task_queue.record_key(job_id), mapping={
         "chunks": len(bounds), "model_version": current.version})
     progress(job_id, _done_rows(job_id), total)
     if not bounds:
@@ -176,7 +176,7 @@ def _parts_dir(job_id: str) -> Path:
 
 
 def _parts_key(job_id: str) -> str:
-    return f"{taskbus.record_key(job_id)}:parts"
+    return f"{task_queue.record_key(job_id)}:parts"
 
 
 def _done_rows(job_id: str) -> int:
@@ -222,7 +222,7 @@ def score_chunk(self: Task, job_id: str, upload: str, version: str, start: int, 
     key = _parts_key(job_id)
     pipe = client().pipeline()
     pipe.hsetnx(key, str(index), count)
-    pipe.expire(key, taskbus.RECORD_TTL)
+    pipe.expire(key, task_queue.RECORD_TTL)
     pipe.hvals(key)
     _, _, counts = pipe.execute()
     done = sum(int(v) for v in counts)

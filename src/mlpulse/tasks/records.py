@@ -10,7 +10,7 @@ import orjson
 import redis
 from kombu.entity import Exchange, Queue
 
-from mlpulse import taskbus
+from mlpulse import task_queue
 from mlpulse.tasks.app import app, settings
 from mlpulse.wire import EVENTS_EXCHANGE, Y_TRUE
 
@@ -55,25 +55,25 @@ def _encode(value: Any) -> str:
 
 def update(task_id: str, *, tell: bool = True, **fields: Any) -> dict[str, Any] | None:
     """Change a record and tell its owner; a record in a final state stays as it is."""
-    args: list[Any] = [taskbus.RECORD_TTL]
+    args: list[Any] = [task_queue.RECORD_TTL]
     for name, value in fields.items():
         args.extend((name, _encode(value)))
     global _update_script
     if _update_script is None:
         _update_script = client().register_script(_UPDATE)  # sent once, then by its hash
-    found = _update_script(keys=[taskbus.record_key(task_id)], args=args)
+    found = _update_script(keys=[task_queue.record_key(task_id)], args=args)
     if not found:
         return None
     changed, flat = found
-    record = taskbus.parse_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+    record = task_queue.parse_record(dict(zip(flat[::2], flat[1::2], strict=True)))
     if changed and tell and record.get("owner"):
-        publish(f"user.{record['owner']}", taskbus.event(record), exchange=EVENTS)
+        publish(f"user.{record['owner']}", task_queue.event(record), exchange=EVENTS)
     return record
 
 
 def progress(task_id: str, done: int, total: int) -> None:
     """Record rows done of total; the owner hears of it about once a second."""
-    tell = bool(client().set(f"{taskbus.record_key(task_id)}:tick", 1, nx=True,
+    tell = bool(client().set(f"{task_queue.record_key(task_id)}:tick", 1, nx=True,
                              px=PROGRESS_EVERY_MS))
     update(task_id, tell=tell, state="PROGRESS", done=done, total=total)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from mlpulse import taskbus
+from mlpulse import task_queue
 from mlpulse.tasks.app import app, settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _newest(path: str) -> float:
     return newest
 
 
-@app.task(name=taskbus.SWEEP_TASK)
+@app.task(name=task_queue.SWEEP_TASK)
 def sweep_files() -> int:
     """Beat's retention run over the uploads and results directories."""
     removed = sweep([settings.uploads_dir, settings.results_dir],

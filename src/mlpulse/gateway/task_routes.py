@@ -21,7 +21,7 @@ from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from mlpulse import taskbus
+from mlpulse import task_queue
 from mlpulse.gateway import quota
 from mlpulse.gateway.auth import User
 from mlpulse.gateway.csv_checks import check_features_csv, check_training_csv
@@ -47,13 +47,13 @@ async def _submit(gw: Gateway, user: User, kind: str, params: dict[str, Any],
                   kwargs: dict[str, Any], task_id: str | None = None,
                   total: int = 0) -> JSONResponse:
     task_id = task_id or uuid.uuid4().hex
-    record = taskbus.new_record(task_id, kind, user.name, params, total)
+    record = task_queue.new_record(task_id, kind, user.name, params, total)
     await quota.admit(gw.redis, gw.settings, user.name, record)
     try:
-        await asyncio.to_thread(gw.celery.send_task, taskbus.KINDS[kind], kwargs=kwargs,
+        await asyncio.to_thread(gw.celery.send_task, task_queue.KINDS[kind], kwargs=kwargs,
                                 task_id=task_id)
     except Exception as exc:  # the broker refused or is down: say so, keep the record
-        await gw.redis.hset(taskbus.record_key(task_id), mapping={
+        await gw.redis.hset(task_queue.record_key(task_id), mapping={
             "state": "FAILURE", "error": f"could not queue the task: {exc}"})
         raise HTTPException(503, f"could not queue the task: {exc}") from None
     log.info("task %s (%s) queued for %s", task_id, kind, user.name)
@@ -157,19 +157,19 @@ async def collect_labels(gw: GatewayDep, user: CurrentUser) -> JSONResponse:
 @router.post("/{kind}", status_code=202, include_in_schema=False)
 async def unknown_kind(kind: str) -> None:
     """A kind nobody knows."""
-    raise HTTPException(404, f"no task kind {kind!r}; kinds: {', '.join(taskbus.KINDS)}")
+    raise HTTPException(404, f"no task kind {kind!r}; kinds: {', '.join(task_queue.KINDS)}")
 
 
 async def _mine(gw: Gateway, user: User, task_id: str) -> dict[str, Any]:
-    if not taskbus.is_task_id(task_id):
+    if not task_queue.is_task_id(task_id):
         raise HTTPException(404, "no such task")
     try:
-        raw = await gw.redis.hgetall(taskbus.record_key(task_id))
+        raw = await gw.redis.hgetall(task_queue.record_key(task_id))
     except redis.exceptions.ResponseError:  # a key of another kind under the same name
         raw = {}
     if not raw:
         raise HTTPException(404, "no such task")
-    record = taskbus.parse_record(raw)
+    record = task_queue.parse_record(raw)
     if record.get("owner") != user.name:
         raise HTTPException(404, "no such task")
     return _public(record)
@@ -190,13 +190,13 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
 @router.get("")
 async def list_tasks(gw: GatewayDep, user: CurrentUser) -> list[dict[str, Any]]:
     """My tasks, newest first."""
-    ids = await gw.redis.zrevrange(taskbus.owner_key(user.name), 0, LIST_LIMIT - 1)
+    ids = await gw.redis.zrevrange(task_queue.owner_key(user.name), 0, LIST_LIMIT - 1)
     pipe = gw.redis.pipeline(transaction=False)
     for task_id in ids:
-        pipe.hgetall(taskbus.record_key(task_id.decode() if isinstance(task_id, bytes)
+        pipe.hgetall(task_queue.record_key(task_id.decode() if isinstance(task_id, bytes)
                                         else str(task_id)))
     answers = await pipe.execute(raise_on_error=False)
-    found = [taskbus.parse_record(raw) for raw in answers if isinstance(raw, dict) and raw]
+    found = [task_queue.parse_record(raw) for raw in answers if isinstance(raw, dict) and raw]
     return [_public(r) for r in found if r.get("owner") == user.name]
 
 
