@@ -370,6 +370,14 @@ def assert_logged_once(env: Env, total: int) -> None:
         client.close()
 
 
+def recovery_after(env: Env, moment: float) -> float:
+    """Seconds from `moment` (a fault) until the log held a row of an event sent after it."""
+    logged = [float(r["logged_at"]) for r in env.rows()
+              if r["sent_at"] and float(r["sent_at"]) > moment]
+    assert logged, f"no event sent after {moment} reached the log"
+    return min(logged) - moment
+
+
 def produce(env: Env, *args: str, extra: dict[str, str] | None = None) -> str:
     """Run the producer to completion and return its output."""
     full = {**os.environ, **env.vars, **(extra or {})}
