@@ -204,8 +204,9 @@ class BatchConsumer:
         try:
             while True:
                 await slots.acquire()
-                # The acker only ends early on a bug; then stop taking work and raise it.
-                ended = acker.done() or self.lost.is_set()
+                # No new batch after a stop; the acker only ends early on a bug, and then
+                # no new work is taken either and its error is raised.
+                ended = acker.done() or self.lost.is_set() or stop.is_set()
                 batch = None if ended else await self._gather(ending, acker)
                 if batch is None:
                     slots.release()
@@ -249,7 +250,9 @@ class BatchConsumer:
                       acker: asyncio.Task[None]) -> list[DeliveredMessage] | None:
         getter = asyncio.ensure_future(self.inbox.get())
         await asyncio.wait({getter, stopping, acker}, return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
+        if not getter.done() or stopping.done() or acker.done():
+            # A message taken in the same turn as the stop is left unacked: it has a later
+            # delivery tag than every batch in hand, so it comes back when the channel closes.
             getter.cancel()
             return None
         batch = [getter.result()]

@@ -182,27 +182,20 @@ class CsvSink:
                 elif draining:
                     return
                 backoff.reset()
-            except DiskProblem as exc:
-                # Nothing of the failed write stays in the file and `last_id` did not
-                # move: the same rows are written again once there is room.
+            except WAITED_OUT as exc:
+                # What is on disk stays, and nothing of a failed write does; `last_id`
+                # moves only after a write, so the same rows are written again once the
+                # disk or Redis is back, never twice, and an untrimmed entry is trimmed
+                # with the next one.
                 if draining:
-                    log.warning("stopping with rows not written (%s); the next start "
-                                "writes them from the outbox", exc)
+                    log.warning("stopping with the outbox not drained (%s); the next start "
+                                "writes the rest from the log's last position", exc)
                     return
+                if isinstance(exc, DiskProblem):
+                    health.report_problem(PROBLEM, str(exc))
                 delay = backoff.next()
-                log.warning("%s; retrying in %.1fs, joins wait once the outbox is full",
-                            exc, delay)
-                health.report_problem(PROBLEM, str(exc))
-                await stopped_within(finish, delay)
-            except TRANSIENT_ERRORS as exc:
-                # What is on disk stays; `last_id` moves only after a write, so nothing is
-                # written twice, and an untrimmed entry is trimmed with the next one.
-                if draining:
-                    log.warning("stopping with the outbox not drained (%r); the next start "
-                                "resumes from the log's last position", exc)
-                    return
-                delay = backoff.next()
-                log.warning("redis unavailable to the sink, retrying in %.1fs: %r", delay, exc)
+                log.warning("the sink is waiting (%s); retrying in %.1fs, and joins hold "
+                            "their messages once the outbox is full", exc, delay)
                 await stopped_within(finish, delay)
 
     async def _write(self, f: IO[bytes],
@@ -231,6 +224,10 @@ def _text(value: Any) -> str:
 
 class DiskProblem(MlpulseError):
     """The log cannot be written right now (a full disk, a quota, an I/O error)."""
+
+
+# What the sink waits out, trying again: the disk, Redis or the broker being away.
+WAITED_OUT: tuple[type[BaseException], ...] = (DiskProblem, *TRANSIENT_ERRORS)
 
 
 def _append(f: IO[bytes], data: bytes) -> None:
