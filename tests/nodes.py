@@ -1,4 +1,5 @@
-"""Private RabbitMQ and Redis servers that a test may stop, kill -9 and start again.
+"""Private RabbitMQ and Redis servers that a test may stop, kill -9 and start again, and a
+small disk of a test's own that it may fill.
 
 The machine's own RabbitMQ and Redis serve other systems too, so no test restarts them.
 A test that needs a broker or a Redis to die gets one of these instead: its own node name,
@@ -17,11 +18,12 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika
 import pika.exceptions
+import pytest
 import redis
 
 # Debian's /usr/sbin wrappers switch to the `rabbitmq` user (and its cookie and data) when
@@ -256,3 +258,27 @@ class RedisNode:
     def close(self) -> None:
         if self.running:
             self.kill()
+
+
+@contextlib.contextmanager
+def small_disk(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("64k", "16m") at `mount`, unmounted afterwards; skips where none
+    can be mounted."""
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk`; returns the file that holds them."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return filler

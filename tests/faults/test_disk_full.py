@@ -9,7 +9,6 @@ in the log exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -27,7 +26,7 @@ from mlpulse.keys import JOINED
 from mlpulse.store import OUTBOX_MAX
 from tests.conftest import Env, Role, free_port, wait_until
 from tests.faults.harness import SOAK, FaultRun, Scale, scale
-from tests.nodes import RabbitNode
+from tests.nodes import RabbitNode, fill, small_disk
 
 NO_SPACE = os.strerror(errno.ENOSPC)
 SECRET = "fault-test-secret-0123456789-abcdefghijklmnop"
@@ -37,27 +36,10 @@ DISK_MIB = 64 if SOAK else 16
 
 
 @pytest.fixture
-def small_disk(env: Env) -> Iterator[Path]:
-    """The roles' log directory on a tmpfs of the test's own, unmounted afterwards."""
-    mount = Path(env.vars["MLPULSE_LOG_DIR"])
-    mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs",
-                           str(mount)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+def log_disk(env: Env) -> Iterator[Path]:
+    """The roles' log directory on a tmpfs of the test's own."""
+    with small_disk(Path(env.vars["MLPULSE_LOG_DIR"]), f"{DISK_MIB}m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk`; returns the file that holds them."""
-    filler = disk / "filler"
-    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 4096)
-    return filler
 
 
 def beat_problems(env: Env, role: str) -> list[str]:
@@ -117,15 +99,15 @@ SIZE = scale(Scale(rounds=1, events=3000, batch=5), Scale(rounds=3, events=20000
 
 def test_full_disk_under_the_metric_log_holds_then_resumes_by_itself(
         env: Env, fault_run: Callable[[str, Scale], FaultRun], spawn: Callable[..., Role],
-        rabbit_node: RabbitNode, small_disk: Path) -> None:
+        rabbit_node: RabbitNode, log_disk: Path) -> None:
     run = fault_run("full disk", SIZE)
     run.start("model", "metric", "plot")
     gateway, healthz = start_gateway(env, spawn)
     run.add_role("gateway", gateway)
     for threshold in run.thresholds():
         run.wait_rows(threshold)
-        fault = run.inject("disk full", lambda: fill(small_disk))
-        filler = small_disk / "filler"
+        fault = run.inject("disk full", lambda: fill(log_disk))
+        filler = log_disk / "filler"
 
         # It says why: in its heartbeat, through doctor, through the gateway.
         wait_until(lambda: any(NO_SPACE in p for p in beat_problems(env, "metric")),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,30 +17,14 @@ from mlpulse import health
 from mlpulse.keys import JOINED
 from mlpulse.pipeline.sink import PROBLEM, CsvSink
 from tests.conftest import Env
+from tests.nodes import fill, small_disk
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs of the test's own, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB disk of the test's own."""
+    with small_disk(tmp_path / "disk", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk`; returns the file that holds them."""
-    filler = disk / "filler"
-    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 512)
-    return filler
 
 
 async def until(predicate: Callable[[], object], what: str, seconds: float = 20.0) -> None:
@@ -61,9 +44,9 @@ def ids_in(path: Path) -> list[str]:
 
 
 async def test_sink_waits_out_a_full_disk_and_writes_every_row_once(
-        env: Env, small_disk: Path) -> None:
+        env: Env, disk: Path) -> None:
     client = redis.asyncio.Redis.from_url(env.redis_url)
-    log_path = small_disk / "metric_log.csv"
+    log_path = disk / "metric_log.csv"
     sink = CsvSink(log_path, client)
     finish = asyncio.Event()
     health.clear_problem(PROBLEM)
@@ -76,7 +59,7 @@ async def test_sink_waits_out_a_full_disk_and_writes_every_row_once(
     try:
         await add(0, 10)
         await until(lambda: log_path.exists() and len(ids_in(log_path)) == 10, "10 rows")
-        filler = fill(small_disk)
+        filler = fill(disk)
         for k in range(10, 400, 30):
             await add(k, 30)
         await until(health.problems, "the full disk reported")
