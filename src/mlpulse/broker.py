@@ -45,10 +45,13 @@ async def connect(settings: Settings, role: str, *, robust: bool = True) -> Abst
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        opener = aio_pika.connect_robust if robust else aio_pika.connect
-        return await opener(
-            url, client_properties={"connection_name": f"mlpulse-{role}"}, timeout=10
-        )
+        properties: dict[str, Any] = {"connection_name": f"mlpulse-{role}"}
+        if robust:
+            # The client's own reconnect waits 5 s between tries by default; a restarted
+            # broker is back within a second of answering.
+            return await aio_pika.connect_robust(url, client_properties=properties, timeout=10,
+                                                 reconnect_interval=1)
+        return await aio_pika.connect(url, client_properties=properties, timeout=10)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(
             f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
@@ -341,7 +344,9 @@ async def consume_until_stopped(
             backoff.reset()
         except TRANSIENT_ERRORS as exc:
             telemetry.RECONNECTS.inc()
-            log.warning("lost RabbitMQ (%r); reconnecting", exc)
+            delay = backoff.next()
+            log.warning("lost RabbitMQ (%r); reconnecting within %.1fs", exc, delay)
+            await until_port_answers(url.host or "localhost", url.port or 5672, stop, delay)
         finally:
             await close_quietly(connection)
 

@@ -93,8 +93,18 @@ def worker(ctx: click.Context, concurrency: int | None, celery_args: tuple[str, 
             "--without-gossip", f"--hostname=mlpulse-{os.getpid()}@{socket.gethostname()}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
-    from mlpulse.health import beat_in_thread
+    from celery.signals import after_setup_logger
 
+    from mlpulse.health import beat_in_thread
+    from mlpulse.redact import RedactingFormatter
+
+    def redact_celery_lines(logger: logging.Logger, **_: Any) -> None:
+        # Celery replaces the root handler with its own: its lines pass the same redaction.
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, RedactingFormatter):
+                handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter()))
+
+    after_setup_logger.connect(redact_celery_lines, weak=False)
     heartbeat = beat_in_thread(settings, "worker")
     try:
         app.worker_main([*argv, *celery_args])

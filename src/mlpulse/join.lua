@@ -1,8 +1,10 @@
 -- Join a batch of halves atomically. Each half is {side, id, value, version, meta}:
 -- side "t" (y_true) or "p" (y_pred); value as exact decimal text; meta as text.
--- Stored halves and done markers are MessagePack arrays, so no text a half carries can
--- be mistaken for a separator. Nothing is written when the outbox is over its bound (the
--- CSV sink is not keeping up, e.g. a full disk): the caller holds its messages unacked.
+-- A stored half is "value\nversion\nmeta" and a done marker "t\np": value, meta, t and p
+-- are numbers written by Python (meta may be empty), so the first and the last line break
+-- are the separators, and the version between them may hold anything, line breaks too. Nothing is written when the outbox is over its bound (the
+-- CSV sink is not keeping up, e.g. a full disk), in entries or in bytes: the caller holds
+-- its messages unacked.
 -- A half either waits in pending:<side> (with a deadline for the sweeper), completes a
 -- pair, or is recognised as a duplicate or a conflict of one already seen. Completed
 -- pairs are appended to the stream `joined` (the CSV sink's outbox) and counted in the
@@ -21,10 +23,19 @@ local join_ttl = tonumber(ARGV[4])
 local done_ttl = math.max(1, math.floor(tonumber(ARGV[5])))
 local width = tonumber(ARGV[6])
 local nbins = tonumber(ARGV[7])
-local outbox_max = tonumber(ARGV[9])
+local outbox_max, outbox_max_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
 
-if redis.call("XLEN", JOINED) > outbox_max then return {-1, 0, 0} end
+if redis.call("XLEN", JOINED) > outbox_max
+    or (redis.call("MEMORY", "USAGE", JOINED) or 0) > outbox_max_bytes then
+  return {-1, 0, 0}
+end
 local halves = cjson.decode(ARGV[8])
+
+local function split(s)
+  local a = string.find(s, "\n", 1, true)
+  local b = string.find(s, "\n[^\n]*$", a + 1)
+  return string.sub(s, 1, a - 1), string.sub(s, a + 1, b - 1), string.sub(s, b + 1)
+end
 
 local function fmt(x) return string.format("%.17g", x) end
 
@@ -38,14 +49,13 @@ for i = 1, #halves do
   local other = (side == "t") and "p" or "t"
   local done = redis.call("GET", DONE .. id)
   if done then
-    local pair = cmsgpack.unpack(done)
-    local seen = (side == "t") and pair[1] or pair[2]
+    local nl = string.find(done, "\n", 1, true)
+    local seen = (side == "t") and string.sub(done, 1, nl - 1) or string.sub(done, nl + 1)
     if seen == value then dup = dup + 1 else conflict = conflict + 1 end
   else
     local partner = redis.call("HGET", PENDING[other], id)
     if partner then
-      local half = cmsgpack.unpack(partner)
-      local pv, pver, pmeta = half[1], half[2], half[3]
+      local pv, pver, pmeta = split(partner)
       redis.call("HDEL", PENDING[other], id)
       redis.call("ZREM", DEADLINE[other], id)
       local t, p, tmeta, pmeta2, ver
@@ -54,7 +64,7 @@ for i = 1, #halves do
       else
         t, p, tmeta, pmeta2, ver = pv, value, pmeta, meta, version
       end
-      redis.call("SET", DONE .. id, cmsgpack.pack({t, p}), "EX", done_ttl)
+      redis.call("SET", DONE .. id, t .. "\n" .. p, "EX", done_ttl)
       local err = math.abs(tonumber(t) - tonumber(p))
       n = n + 1
       sum_abs = sum_abs + err
@@ -70,10 +80,10 @@ for i = 1, #halves do
     else
       local mine = redis.call("HGET", PENDING[side], id)
       if mine then
-        local mv = cmsgpack.unpack(mine)[1]
+        local mv = split(mine)
         if mv == value then dup = dup + 1 else conflict = conflict + 1 end
       else
-        redis.call("HSET", PENDING[side], id, cmsgpack.pack({value, version, meta}))
+        redis.call("HSET", PENDING[side], id, value .. "\n" .. version .. "\n" .. meta)
         redis.call("ZADD", DEADLINE[side], now + join_ttl, id)
       end
     end

@@ -16,7 +16,7 @@ DONE = PREFIX + "done:"
 
 
 def pending(side: str) -> str:
-    """Halves of one side waiting for their partner: id → MessagePack [value, version, meta]."""
+    """Halves of one side waiting for their partner: id → "value\\nversion\\nmeta"."""
     return f"{PREFIX}pending:{side}"
 
 

@@ -27,9 +27,21 @@ from mlpulse.keys import (
     VERSION,
 )
 
-# Outbox entries (one per join step) the CSV sink may fall behind by before joins wait:
-# a disk that stays full holds new messages in RabbitMQ rather than in Redis's memory.
+# How far the CSV sink may fall behind, in outbox entries (one per join step) and in
+# bytes, before joins wait: a disk that stays full holds new messages in RabbitMQ rather
+# than in Redis's memory.
 OUTBOX_MAX = 1000
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+# Redis refusing writes for a while (a failed background save, maxmemory, a replica, a
+# long script): the same work succeeds later.
+_REFUSALS = ("MISCONF", "OOM", "READONLY", "BUSY")
+
+
+def refusal(exc: redis.exceptions.ResponseError) -> Backpressure | None:
+    """A `Backpressure` for a write Redis refuses for now; None for any other error."""
+    if str(exc).startswith(_REFUSALS):
+        return Backpressure(f"Redis refuses writes for now: {exc}")
+    return None
 
 Redis = aioredis.Redis
 
@@ -84,11 +96,18 @@ class JoinStore:
 
         Raises `Backpressure`, having changed nothing, while the outbox is full."""
         s = self.settings
-        joined, dup, conflict = await self._join(
-            keys=JOIN_KEYS,
-            args=[DONE, SECOND, repr(now), repr(s.join_ttl), repr(s.done_ttl),
-                  repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX],
-        )
+        try:
+            joined, dup, conflict = await self._join(
+                keys=JOIN_KEYS,
+                args=[DONE, SECOND, repr(now), repr(s.join_ttl), repr(s.done_ttl),
+                      repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX,
+                      OUTBOX_MAX_BYTES],
+            )
+        except redis.exceptions.ResponseError as exc:
+            waiting = refusal(exc)
+            if waiting is None:
+                raise
+            raise waiting from exc
         if joined < 0:
             raise Backpressure(f"the metric log is over {OUTBOX_MAX} join steps behind; "
                                "holding new messages until it catches up")
@@ -96,7 +115,13 @@ class JoinStore:
 
     async def sweep(self, now: float, limit: int = 5000) -> int:
         """Drop pending halves past their deadline, counting them as unmatched."""
-        return int(await self._sweep(keys=SWEEP_KEYS, args=[repr(now), limit]))
+        try:
+            return int(await self._sweep(keys=SWEEP_KEYS, args=[repr(now), limit]))
+        except redis.exceptions.ResponseError as exc:
+            waiting = refusal(exc)
+            if waiting is None:
+                raise
+            raise waiting from exc
 
 
 async def count_rejected(client: Redis, codes: Counter[str]) -> None:

@@ -62,11 +62,14 @@ class Backoff:
 
 
 async def until_port_answers(host: str, port: int, stop: asyncio.Event, seconds: float,
-                             probe_every: float = 0.25) -> None:
-    """Wait up to `seconds` (or for `stop`), returning early once `host:port` accepts a TCP
-    connection: a restarted service is tried again at once, not after the full delay."""
+                             probe_every: float = 0.25, floor: float = 0.5) -> None:
+    """Wait up to `seconds` (or for `stop`), returning early, but never before `floor`, once
+    `host:port` accepts a TCP connection: a restarted service is tried again at once, and
+    one whose port answers but which refuses us (credentials, limits) is not hammered."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    if await stopped_within(stop, min(floor, seconds)):
+        return
     while not stop.is_set() and loop.time() < deadline:
         try:
             async with asyncio.timeout(probe_every):

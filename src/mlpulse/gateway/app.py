@@ -43,8 +43,10 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def store_error(request: Request, exc: redis.exceptions.RedisError) -> Response:
-        # One line in the log, and a sentence, not Redis's own words, for the client.
-        log.error("redis refused %s %s: %s", request.method, request.url.path, exc)
+        # One line in the log, and a sentence, not Redis's own words, for the client. A
+        # WebSocket comes here too (it has no method): its socket just ends.
+        log.error("redis refused %s %s: %s", request.scope.get("method", "WebSocket"),
+                  request.url.path, exc)
         down = isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
         return JSONResponse({"detail": "the gateway's store (Redis) is unreachable; try again"
                              if down else "the gateway's store (Redis) answered with an error"},

@@ -14,12 +14,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import redis.exceptions
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from mlpulse import task_queue
 from mlpulse.gateway import quota
@@ -133,11 +133,23 @@ async def retrain(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONRe
         return await _submit(gw, user, "retrain", params, kwargs, task_id=task_id)
 
 
-@router.post("/report", status_code=202)
-async def report(gw: GatewayDep, user: CurrentUser,
-                 body: Annotated[ReportRequest | None, Body()] = None) -> JSONResponse:
+# A report's JSON body is a few numbers; it is read only after the token is checked.
+REPORT_BODY_MAX = 4096
+
+
+@router.post("/report", status_code=202, openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": ReportRequest.model_json_schema()}}}})
+async def report(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONResponse:
     """An error report (MAE, RMSE, quantiles, histogram) for a window and a model version."""
-    req = body or ReportRequest()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > REPORT_BODY_MAX:
+            raise HTTPException(413, f"a report request is at most {REPORT_BODY_MAX} bytes")
+    try:
+        req = ReportRequest.model_validate_json(raw) if raw.strip() else ReportRequest()
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False)) from None
     since, until = req.since, req.until
     if req.minutes is not None:
         since = time.time() - req.minutes * 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,14 +75,20 @@ class _Parts:
 
     def discard(self) -> None:
         """Close and delete a refused upload."""
-        self.close()
+        with contextlib.suppress(OSError):  # a full disk may refuse the flush too
+            self.close()
         self.dest.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self.sink is not None:
-            self.sink.flush()
-            os.fsync(self.sink.fileno())
-            self.sink.close()
+        """Flush the file part to disk, and close it whatever happens."""
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return
+        try:
+            sink.flush()
+            os.fsync(sink.fileno())
+        finally:
+            sink.close()
 
 
 async def receive_form(request: Request, dest: Path, max_bytes: int) -> Form:
@@ -107,11 +114,15 @@ async def receive_form(request: Request, dest: Path, max_bytes: int) -> Form:
                                          "(MLPULSE_MAX_UPLOAD_BYTES)")
             parser.write(chunk)
         parser.finalize()
+        parts.close()
     except HTTPException:
         parts.discard()
         raise
+    except OSError as exc:  # the disk is full, or refuses the file
+        parts.discard()
+        raise HTTPException(507, f"the gateway cannot store the upload now: "
+                                 f"{exc.strerror or exc}") from None
     except Exception as exc:  # python-multipart raises its own errors for a broken body
         parts.discard()
         raise HTTPException(400, f"not a valid multipart body: {exc}") from None
-    parts.close()
     return parts.form

@@ -17,6 +17,7 @@ from aiormq.abc import DeliveredMessage
 from mlpulse import keys
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
+from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml.meta import versions
 from mlpulse.ml.registry import LoadedModel, ensure_model, load
 from mlpulse.store import Redis, connect_redis, count_rejected
@@ -38,6 +39,8 @@ ANNOUNCE_TTL = 30 * 86400
 # Events per outgoing y_pred frame: about 60 KB, well under the message size limit.
 FRAME_EVENTS = 500
 RELOAD_SECONDS = 2.0
+# A registry check that fails for these is tried again at the next one.
+REGISTRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, OSError)
 
 
 class Predictor:
@@ -85,22 +88,29 @@ class Predictor:
         """Swap in a newer model version as soon as one is registered, without a restart."""
         refused: str | None = None
         while not await stopped_within(stop, RELOAD_SECONDS):
-            found = await asyncio.to_thread(versions, self.settings.models_dir)
-            latest = f"v{found[-1]}" if found else None
-            if latest is None or latest in (self.model.version, refused):
-                continue
             try:
-                new = await asyncio.to_thread(load, self.settings.models_dir, found[-1])
-            except Exception as exc:
-                # A broken artifact must not stop predictions: keep serving the model in
-                # hand, say why once, and take the next version that loads.
-                log.error("model %s cannot be loaded, %s stays: %r", latest,
-                          self.model.version, exc)
-                refused = latest
-                continue
-            log.info("model %s replaces %s", new.version, self.model.version)
-            previous, self.model = self.model, new
-            await self.announce(new, previous)
+                refused = await self._swap_if_newer(refused)
+            except REGISTRY_ERRORS as exc:
+                log.warning("model registry not checked (%r); trying again", exc)
+
+    async def _swap_if_newer(self, refused: str | None) -> str | None:
+        """Load the newest registered version if it is new; returns the version refused."""
+        found = await asyncio.to_thread(versions, self.settings.models_dir)
+        latest = f"v{found[-1]}" if found else None
+        if latest is None or latest in (self.model.version, refused):
+            return refused
+        try:
+            new = await asyncio.to_thread(load, self.settings.models_dir, found[-1])
+        except Exception as exc:  # an unreadable artifact, whatever the reason
+            # A broken artifact must not stop predictions: keep serving the model in
+            # hand, say why once, and take the next version that loads.
+            log.error("model %s cannot be loaded, %s stays: %r", latest, self.model.version,
+                      exc)
+            return latest
+        log.info("model %s replaces %s", new.version, self.model.version)
+        previous, self.model = self.model, new
+        await self.announce(new, previous)
+        return refused
 
     async def announce(self, new: LoadedModel, previous: LoadedModel) -> None:
         """Tell every dashboard, once however many model processes swap, that `new` is live."""

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 # Messages per publish chunk, and chunks awaiting the broker's confirms at once.
 CHUNK_MESSAGES = 500
 CHUNKS_IN_FLIGHT = 4
-# A broker restart takes seconds; this many tries with backoff span about a minute.
-PUBLISH_ATTEMPTS = 15
+# A broker restart takes seconds; this many tries, at most 2 s apart, span about a minute,
+# and a broker that is back is tried again within 2 s.
+PUBLISH_ATTEMPTS = 35
 
 
 @dataclass(slots=True)
@@ -125,7 +126,7 @@ class Sender:
         self.group.create_task(self._publish(chunk))
 
     async def _publish(self, chunk: list[tuple[str, bytes]]) -> None:
-        backoff = Backoff(0.5)
+        backoff = Backoff(0.2, 2.0)
         try:
             for attempt in range(1, PUBLISH_ATTEMPTS + 1):
                 try:

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import redis.exceptions
 
 from mlpulse import health
 from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
 from mlpulse.keys import JOINED
-from mlpulse.store import Redis
+from mlpulse.store import Redis, refusal
 from mlpulse.waiting import Backoff, stopped_within
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,14 @@ class CsvSink:
         backoff = Backoff(0.5)
         while True:
             try:
-                return await asyncio.to_thread(recover, self.path)
+                opened = await asyncio.to_thread(recover, self.path)
             except ForeignLog:
                 raise
             except OSError as exc:
                 problem = f"cannot open {self.path}: {exc.strerror or exc}"
+            else:
+                health.clear_problem(PROBLEM)
+                return opened
             delay = backoff.next()
             log.warning("%s; retrying in %.1fs", problem, delay)
             health.report_problem(PROBLEM, problem)
@@ -215,7 +219,13 @@ class CsvSink:
     async def _trim(self, last_id: str) -> None:
         # Everything before the last entry is on disk; the last one is kept so the
         # position in the file always names an entry that still exists.
-        await self.redis.xtrim(JOINED, minid=last_id)
+        try:
+            await self.redis.xtrim(JOINED, minid=last_id)
+        except redis.exceptions.ResponseError as exc:
+            waiting = refusal(exc)
+            if waiting is None:
+                raise
+            raise waiting from exc
 
 
 def _text(value: Any) -> str:
