@@ -9,7 +9,6 @@ import codecs
 import csv
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +62,10 @@ def check_training_csv(path: Path, target: str) -> int:
     if not first:
         raise HTTPException(422, "the CSV is empty: expected a header row of column names")
     # The worker reads it with the csv module, names as they are written.
-    header = next(csv.reader([first]))
+    try:
+        header = next(csv.reader([first]))
+    except csv.Error as exc:  # a header field past the csv module's own limit
+        raise HTTPException(422, f"header: {exc}") from None
     if target not in header:
         raise HTTPException(422, f"header: no column named {target!r} to train on "
                                  f"(columns: {', '.join(header)})")
@@ -89,19 +91,18 @@ def _check_cells(path: Path, header: list[str], numeric: list[str]) -> int:
     rows = 0
     dtypes: dict[str, Any] = {name: str for name in header}
     dtypes.update({name: np.float64 for name in numeric})
+    # pandas only warns when the first row is longer than the header, and drops the extra
+    # cells; that is an error here like any other ragged line. It is counted here: a
+    # warnings filter is process-wide, and uploads are checked in threads side by side.
+    if _fields_in_first_row(path) > len(header):
+        raise HTTPException(422, f"row 1 (line 2) has more fields than the header's "
+                                 f"{len(header)} columns")
     try:
-        with warnings.catch_warnings(), pd.read_csv(
-                path, dtype=dtypes, chunksize=CHECK_CHUNK_ROWS, names=header, header=0,
-                index_col=False, encoding="utf-8-sig") as reader:
-            # pandas only warns when the first row is longer than the header, and drops
-            # the extra cells; that is an error here like any other ragged line.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
+        with pd.read_csv(path, dtype=dtypes, chunksize=CHECK_CHUNK_ROWS, names=header,
+                         header=0, index_col=False, encoding="utf-8-sig") as reader:
             for chunk in reader:
                 _check_finite(chunk, numeric, rows)
                 rows += len(chunk)
-    except pd.errors.ParserWarning:
-        raise HTTPException(422, f"row 1 (line 2) has more fields than the header's "
-                                 f"{len(header)} columns") from None
     except UnicodeDecodeError:  # before ValueError, which it is a kind of
         raise HTTPException(422, _first_bad_utf8(path)) from None
     except ValueError as exc:  # a cell that is not a number, a ragged line, an open quote
@@ -109,6 +110,16 @@ def _check_cells(path: Path, header: list[str], numeric: list[str]) -> int:
     if rows == 0:
         raise HTTPException(422, "the CSV has a header but no rows")
     return rows
+
+
+def _fields_in_first_row(path: Path) -> int:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        rows = csv.reader(f)
+        try:
+            next(rows, None)
+            return len(next(rows, []))
+        except csv.Error:
+            return 0  # pandas reads it and names the problem
 
 
 def _not_utf8(byte: bytes, line: int, column: int) -> str:

@@ -92,6 +92,8 @@ def _uvicorn_config(settings: Settings, gateway: Gateway) -> uvicorn.Config:
             header_timeout=settings.http_header_timeout)),
         h11_max_incomplete_event_size=settings.http_max_header_bytes,
         timeout_keep_alive=math.ceil(settings.http_keepalive),  # uvicorn counts whole seconds
+        # Requests still open at a stop get half the role's stop bound, then are cut.
+        timeout_graceful_shutdown=max(1, math.floor(settings.stop_timeout / 2)),
         ws=BoundedWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=20, ws_ping_timeout=20,
         # Messages are small JSON serialised once for every receiver; per-connection
