@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pytest
 import websockets
+from playwright.sync_api import Browser, sync_playwright
 
 from mlpulse.gateway.auth import issue_token
 from tests.conftest import Env, Role, free_port
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright (no browser download is possible here)."""
+    if CHROMIUM is None:
+        if os.environ.get("MLPULSE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("needs Debian's chromium package")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @dataclass

@@ -16,11 +16,10 @@ import pika
 import psutil
 import pytest
 import websockets
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.conftest import Env, Role, wait_until
-from tests.gateway.conftest import Gateway, close_of, publish_event, token
-from tests.gateway.test_dashboard import CHROMIUM
+from tests.gateway.conftest import Gateway, chromium_browser, close_of, publish_event, token
 
 MB = 1 << 20
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -94,16 +93,8 @@ def server_frames(buf: bytes) -> list[tuple[int, bytes]]:
 @pytest.fixture
 def chromium() -> Iterator[Browser]:
     """Chromium for one test: Playwright's loop must be gone before the async tests run."""
-    if CHROMIUM is None:
-        if os.environ.get("MLPULSE_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("needs Debian's chromium package")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 def rss(gw: Gateway) -> int:
