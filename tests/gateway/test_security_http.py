@@ -21,9 +21,9 @@ from mlpulse.config import Settings
 from mlpulse.runtime import configure_logging
 from tests.conftest import Env, free_port
 from tests.gateway.conftest import Gateway, token
-from tests.gateway.test_dashboard import CHROMIUM, browser
+from tests.gateway.test_dashboard import browser
 
-__all__ = ["CHROMIUM", "browser"]  # the Chromium fixture shared with the dashboard tests
+__all__ = ["browser"]  # the Chromium fixture shared with the dashboard tests
 
 # ---------------------------------------------------------------- login CSRF
 
