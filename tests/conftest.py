@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -140,13 +141,11 @@ def env(tmp_path: Path, amqp_url: str) -> Env:
     return Env(tmp_path, amqp_url, redis_url, _role_vars(tmp_path, amqp_url, redis_url))
 
 
-@pytest.fixture(scope="session")
-def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    """A RabbitMQ node of the session's own, which tests may stop and kill -9."""
-    root = tmp_path_factory.mktemp("rabbit")
+def _session_node(root: Path, make: Callable[[Path], Any]) -> Iterator[Any]:
+    """Start a private node under `root`, hand it out, and remove it with its files."""
     try:
-        node = RabbitNode(root)
-    except RuntimeError as exc:
+        node = make(root)
+    except RuntimeError as exc:  # its server is not installed here
         pytest.skip(str(exc))
     node.start()
     try:
@@ -154,22 +153,18 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     finally:
         node.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the session's own, which tests may stop and kill -9."""
+    yield from _session_node(tmp_path_factory.mktemp("rabbit"), RabbitNode)
 
 
 @pytest.fixture(scope="session")
 def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
     """A Redis of the session's own with an AOF fsynced on every write."""
-    root = tmp_path_factory.mktemp("redis")
-    try:
-        node = RedisNode(root)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.close()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _session_node(tmp_path_factory.mktemp("redis"), RedisNode)
 
 
 @pytest.fixture
@@ -385,3 +380,23 @@ def produce(env: Env, *args: str, extra: dict[str, str] | None = None) -> str:
                           cwd=env.root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stderr
+
+
+@contextlib.contextmanager
+def producing(env: Env, total: int, rate: int, batch: int = 20) -> Iterator[None]:
+    """`mlpulse produce` in the background while the block injects a fault; it must then
+    finish by itself with exit 0."""
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "mlpulse", "produce", "--count", str(total), "--batch",
+         str(batch), "--rate", str(rate)],
+        env={**os.environ, **env.vars}, cwd=env.root, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        yield
+        assert producer.wait(180) == 0, producer.stderr.read() if producer.stderr else ""
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+        if producer.stderr:
+            producer.stderr.close()

@@ -8,9 +8,6 @@ tests/faults/ repeats the fault in rounds, with a kill -9 of the node as well.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -20,6 +17,7 @@ from tests.conftest import (
     Env,
     Role,
     assert_logged_once,
+    producing,
     recovery_after,
     wait_ready,
     wait_until,
@@ -37,24 +35,12 @@ def test_broker_restart_mid_stream_loses_and_repeats_nothing(
     model = start_role("model")
     metric = start_role("metric")
     total = 6000
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "mlpulse", "produce", "--count", str(total), "--batch", "20",
-         "--rate", "800"],
-        env={**os.environ, **env.vars}, cwd=env.root, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    try:
+    with producing(env, total, rate=800):
         wait_until(lambda: env.row_count() >= 1000, what="1000 rows before the restart")
         rabbit_node.stop_app()
         at_stop, stopped = env.row_count(), time.time()
         rabbit_node.start_app()
         assert 0 < at_stop < total, f"the restart came at {at_stop} rows of {total}"
-        assert producer.wait(180) == 0, producer.stderr.read() if producer.stderr else ""
-    finally:
-        if producer.poll() is None:
-            producer.kill()
-            producer.wait()
-        if producer.stderr:
-            producer.stderr.close()
     wait_until(lambda: env.row_count() >= total, timeout=90, what=f"{total} rows")
     assert_logged_once(env, total)
     print(f"FAULT broker stop_app under mlpulse produce: rounds=1 events={total} lost=0 "

@@ -8,9 +8,6 @@ tests/faults/ repeats the kill in rounds against a recorded stream.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -21,6 +18,7 @@ from tests.conftest import (
     Role,
     assert_logged_once,
     produce,
+    producing,
     recovery_after,
     wait_ready,
     wait_until,
@@ -38,12 +36,7 @@ def test_kill_9_of_a_persisting_redis_loses_and_repeats_nothing(
     model = start_role("model")
     metric = start_role("metric")
     total = 4000
-    producer = subprocess.Popen(
-        [sys.executable, "-m", "mlpulse", "produce", "--count", str(total), "--batch", "20",
-         "--rate", "1000"],
-        env={**os.environ, **env.vars}, cwd=env.root, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
-    try:
+    with producing(env, total, rate=1000):
         wait_until(lambda: env.row_count() >= 1000, what="1000 rows before the kill")
         redis_node.kill()
         at_kill, killed = env.row_count(), time.time()
@@ -51,13 +44,6 @@ def test_kill_9_of_a_persisting_redis_loses_and_repeats_nothing(
         # The metric role finds Redis gone on its next call, says so, and keeps trying.
         metric.wait_for("unavailable|retrying", timeout=30)
         redis_node.start()
-        assert producer.wait(120) == 0
-    finally:
-        if producer.poll() is None:
-            producer.kill()
-            producer.wait()
-        if producer.stderr:
-            producer.stderr.close()
     wait_until(lambda: env.row_count() >= total, timeout=90, what=f"{total} rows")
     assert_logged_once(env, total)
     print(f"FAULT redis kill -9 under mlpulse produce: rounds=1 events={total} lost=0 "
