@@ -254,20 +254,27 @@ async def _plot_once(settings: Settings) -> None:
 @click.option("--target-column", default="target", show_default=True,
               help="The label column of --source.")
 @click.option("--seed", type=int, default=0, help="Shuffle seed for the row order.")
+@click.option("--drift", "drifts", multiple=True, metavar="FEATURE=SHIFT[@EVENT]",
+              help="Shift a feature by SHIFT standard deviations from event EVENT on, to "
+                   "watch drift being caught (e.g. bmi=+2.0@5000). Repeatable.")
 @click.pass_context
 def produce(ctx: click.Context, count: int | None, interval: float | None, rate: float | None,
             batch: int, no_labels: bool, source: Path | None, target_column: str,
-            seed: int) -> None:
+            seed: int, drifts: tuple[str, ...]) -> None:
     """Stream feature vectors to `features` and labels to `y_true` under shared ids."""
-    from mlpulse.pipeline.producer import Plan
+    from mlpulse.pipeline.producer import Plan, parse_drift
     from mlpulse.pipeline.producer import produce as run_producer
     from mlpulse.runtime import run_role
 
     if interval is not None and rate is not None:
         raise click.UsageError("give --interval or --rate, not both")
     pace = (1.0 / interval) if interval is not None else (1.0 if rate is None else rate)
+    try:
+        drift = [parse_drift(d) for d in drifts]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--drift") from None
     plan = Plan(count=count, batch=batch, rate=pace or None, labels=not no_labels,
-                source=source, target=target_column, seed=seed)
+                source=source, target=target_column, seed=seed, drift=drift)
 
     async def body(settings: Settings, stop: asyncio.Event) -> None:
         await run_producer(settings, plan, stop)

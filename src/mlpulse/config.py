@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AmqpDsn, Field, RedisDsn, SecretStr, ValidationError
+from pydantic import AmqpDsn, Field, RedisDsn, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlpulse.errors import ConfigError
@@ -85,10 +85,33 @@ class Settings(BaseSettings):
     tasks_per_minute: int = Field(60, ge=1)
     retention_days: float = Field(7.0, gt=0)
 
+    # Early warning: the drift windows shown and exported (seconds; the longest, and at
+    # least an hour, sets how long counts are kept), the warning and drift thresholds of
+    # PSI and of the Wasserstein distance in reference standard deviations, and the
+    # fewest events in a window that get a verdict.
+    drift_windows: list[int] = Field(default_factory=lambda: [300, 3600], min_length=1)
+    drift_psi_warn: float = Field(0.1, gt=0)
+    drift_psi_drift: float = Field(0.25, gt=0)
+    drift_wasserstein_warn: float = Field(0.15, gt=0)
+    drift_wasserstein_drift: float = Field(0.25, gt=0)
+    drift_min_events: int = Field(1000, ge=1)
+
     # Failure paths: a stop finishes within this bound whatever the backends do, and a
     # lost broker or Redis is tried again at least this often.
     stop_timeout: float = Field(10.0, gt=0)
     reconnect_max_delay: float = Field(5.0, gt=0)
+
+    @field_validator("drift_windows")
+    @classmethod
+    def _windows(cls, value: list[int]) -> list[int]:
+        if any(w < 1 for w in value):
+            raise ValueError("every window is a positive number of seconds")
+        return sorted(set(value))
+
+    @property
+    def drift_keep(self) -> int:
+        """The longest window the drift counts cover: the longest shown, at least an hour."""
+        return max(3600, *self.drift_windows)
 
     def origins(self) -> set[str]:
         """Origins allowed to open a WebSocket: the setting, or this host on the HTTP port."""

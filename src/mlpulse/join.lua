@@ -11,8 +11,12 @@
 -- aggregates in the same step, so the log and the counters can never disagree.
 -- KEYS: pending:t, pending:p, deadline:t, deadline:p, joined, agg, hist, hist:meta,
 -- by_version, recent, version (mlpulse/keys.py). ARGV: the prefixes of the per-id done
--- markers and the per-second windows, now, the TTLs, the histogram, the halves, and the
--- outbox bound.
+-- markers and the per-second windows, now, the TTLs, the histogram, the halves, the
+-- outbox bound, and the drift buckets' prefix, resolutions and lifetimes.
+-- A y_pred half's meta is its send time, or "send time;scored at;estimated error" from a
+-- model role that profiles its versions: then the label is also counted into the drift
+-- buckets of the time the prediction was scored (mlpulse/drift.py), and only the send
+-- time goes on to the log.
 local PENDING = {t = KEYS[1], p = KEYS[2]}
 local DEADLINE = {t = KEYS[3], p = KEYS[4]}
 local JOINED, AGG, HIST, HIST_META = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -24,6 +28,8 @@ local done_ttl = math.max(1, math.floor(tonumber(ARGV[5])))
 local width = tonumber(ARGV[6])
 local nbins = tonumber(ARGV[7])
 local outbox_max, outbox_max_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
+local DRIFT = ARGV[11]
+local RES = {{tonumber(ARGV[12]), tonumber(ARGV[13])}, {tonumber(ARGV[14]), tonumber(ARGV[15])}}
 
 if redis.call("XLEN", JOINED) > outbox_max
     or (redis.call("MEMORY", "USAGE", JOINED) or 0) > outbox_max_bytes then
@@ -41,7 +47,27 @@ local function fmt(x) return string.format("%.17g", x) end
 
 local rows = {}
 local n, sum_abs, sum_sq, dup, conflict, max_err = 0, 0, 0, 0, 0, 0
-local bins, versions = {}, {}
+local bins, versions, labelled = {}, {}, {}
+
+-- "ts;scored;est" -> ts, and the label counted into the buckets of `scored`.
+local function label_drift(meta, ver, err)
+  local a = string.find(meta, ";", 1, true)
+  if not a then return meta end
+  local b = string.find(meta, ";", a + 1, true)
+  local scored, est = tonumber(string.sub(meta, a + 1, (b or 0) - 1)), tonumber(string.sub(meta, (b or #meta) + 1))
+  if scored and est then
+    for _, r in ipairs(RES) do
+      -- A label later than a bucket's lifetime has nothing left to count into.
+      if now - scored < r[2] then
+        local key = DRIFT .. ver .. ":" .. r[1] .. ":" .. (math.floor(scored / r[1]) * r[1])
+        local l = labelled[key]
+        if not l then l = {0, 0, 0, r[2]}; labelled[key] = l end
+        l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est
+      end
+    end
+  end
+  return string.sub(meta, 1, a - 1)
+end
 
 for i = 1, #halves do
   local h = halves[i]
@@ -76,6 +102,7 @@ for i = 1, #halves do
       local v = versions[ver]
       if not v then v = {0, 0, 0}; versions[ver] = v end
       v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
+      pmeta2 = label_drift(pmeta2, ver, err)
       rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
     else
       local mine = redis.call("HGET", PENDING[side], id)
@@ -117,6 +144,12 @@ if n > 0 then
     redis.call("LPUSH", recent, cjson.encode({r[1], r[2], r[3], r[4], fmt(now)}))
   end
   redis.call("LTRIM", recent, 0, 49)
+end
+for key, l in pairs(labelled) do
+  redis.call("HINCRBY", key, "ln", l[1])
+  redis.call("HINCRBYFLOAT", key, "lerr", fmt(l[2]))
+  redis.call("HINCRBYFLOAT", key, "lest", fmt(l[3]))
+  redis.call("EXPIRE", key, l[4], "NX")
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
 if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end

@@ -41,6 +41,19 @@ JOIN_KEYS = (pending("t"), pending("p"), deadline("t"), deadline("p"), JOINED, A
              HIST_META, BY_VERSION, RECENT, VERSION)
 SWEEP_KEYS = (pending("t"), pending("p"), deadline("t"), deadline("p"), AGG, VERSION)
 
+# Early warning (mlpulse/drift.py, drift.lua, join.lua): bin counts per version and time
+# bucket, the versions seen and when, and the error-level change detector's state.
+DRIFT = PREFIX + "drift:"
+DRIFT_VERSIONS = PREFIX + "drift:versions"
+CHANGES_STATE = PREFIX + "changes:state"
+CHANGES = PREFIX + "changes:"
+
+
+def changes(version: str) -> str:
+    """The error-level changes detected for one version, oldest first."""
+    return f"{CHANGES}{version}"
+
+
 HEARTBEAT = PREFIX + "heartbeat:"
 
 

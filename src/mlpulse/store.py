@@ -13,11 +13,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from mlpulse.config import Settings
+from mlpulse.drift import lifetimes as drift_lifetimes
 from mlpulse.errors import Backpressure, ServiceUnavailable
 from mlpulse.keys import (
     AGG,
     BY_VERSION,
     DONE,
+    DRIFT,
     HIST,
     HIST_META,
     JOIN_KEYS,
@@ -90,6 +92,7 @@ class JoinStore:
         self.settings = settings
         self._join = client.register_script(load_script("join.lua"))
         self._sweep = client.register_script(load_script("sweep.lua"))
+        self.drift_lifetimes = drift_lifetimes(settings)
 
     async def join(self, halves_json: bytes, now: float) -> JoinOutcome:
         """Store or complete each half of a JSON list `[side, id, value, version, meta]`.
@@ -101,7 +104,7 @@ class JoinStore:
                 keys=JOIN_KEYS,
                 args=[DONE, SECOND, repr(now), repr(s.join_ttl), repr(s.done_ttl),
                       repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX,
-                      OUTBOX_MAX_BYTES],
+                      OUTBOX_MAX_BYTES, DRIFT, *self.drift_lifetimes],
             )
         except redis.exceptions.ResponseError as exc:
             waiting = refusal(exc)

@@ -32,6 +32,8 @@ DUPLICATES = Gauge("mlpulse_duplicates", "Repeated halves counted, not written (
 REJECTED = Gauge("mlpulse_rejected", "Bad messages refused (all processes)")
 MAE = Gauge("mlpulse_mae", "Mean absolute error of everything joined so far")
 RMSE = Gauge("mlpulse_rmse", "Root mean squared error of everything joined so far")
+ERROR_CHANGES = Counter("mlpulse_error_changes", "Changes of the error level detected",
+                        ["model_version"])
 
 
 def serve(port: int | None, host: str) -> None:

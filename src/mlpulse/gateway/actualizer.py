@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from mlpulse.gateway.drift_view import DriftView
 from mlpulse.gateway.hub import Hub
 from mlpulse.keys import VERSION
 from mlpulse.store import (
@@ -25,6 +26,7 @@ from mlpulse.waiting import every
 log = logging.getLogger(__name__)
 
 SERIES_SECONDS = 120
+DRIFT_REFRESH = 5.0
 RATE_SECONDS = 5
 
 
@@ -57,9 +59,15 @@ class Actualizer:
     """Polls a version key cheaply; rebuilds and pushes a diff only when something moved."""
 
     def __init__(self, redis: Redis, hub: Hub, *, poll: float = 0.25,
-                 min_interval: float = 1.0, refresh: float = 2.0) -> None:
+                 min_interval: float = 1.0, refresh: float = 2.0,
+                 drift: DriftView | None = None, drift_refresh: float = DRIFT_REFRESH) -> None:
         self.redis = redis
         self.hub = hub
+        # Drift is read from its buckets on its own, slower clock: it moves with time and
+        # scoring, not with joins, and costs more to build.
+        self.drift = drift
+        self.drift_refresh = drift_refresh
+        self.drift_at = 0.0
         self.poll = poll
         self.min_interval = min_interval
         self.refresh = refresh
@@ -76,13 +84,25 @@ class Actualizer:
         now = time.time()
         version = await self.redis.get(VERSION)
         stale = now - self.built_at >= self.refresh
-        if (version == self.version and not stale) or now - self.built_at < self.min_interval:
+        drift_due = self.drift is not None and now - self.drift_at >= self.drift_refresh
+        moved = version != self.version
+        quiet = (not moved and not stale) or now - self.built_at < self.min_interval
+        if quiet and not drift_due:
             return {}
-        fresh = await build_snapshot(self.redis, now)
+        if quiet:
+            fresh = dict(self.snapshot)
+        else:
+            fresh = await build_snapshot(self.redis, now)
+            if "drift" in self.snapshot:
+                fresh["drift"] = self.snapshot["drift"]
+            self.version, self.built_at = version, now
+        if drift_due and self.drift is not None:
+            fresh["drift"] = await self.drift.live(now)
+            self.drift_at = now
         changed = {k: v for k, v in fresh.items() if self.snapshot.get(k) != v}
-        if version != self.version:
+        if moved and not quiet:
             changed["version"] = int(version or 0)
-        self.snapshot, self.version, self.built_at = fresh, version, now
+        self.snapshot = fresh
         if changed:
             self.hub.broadcast(envelope("snapshot", changed))
         return changed

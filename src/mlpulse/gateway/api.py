@@ -85,6 +85,23 @@ async def messages(user: CurrentUser, gw: GatewayDep) -> list[Any]:
     return [orjson.loads(m) for m in await read_history(gw.redis, user.name)]
 
 
+@router.get("/api/drift", tags=["api"])
+async def drift(user: CurrentUser, gw: GatewayDep, window: int = 300,
+                model_version: str | None = None) -> dict[str, Any]:
+    """Feature and prediction drift, data quality, estimated and realized MAE, and the
+    error-level changes of one model version over the last `window` seconds (the current
+    partial bucket included). The version defaults to the newest with events in the
+    window."""
+    view = gw.actualizer.drift
+    if view is None:
+        raise HTTPException(503, "drift is not served by this gateway")
+    if not view.shortest <= window <= view.longest:
+        raise HTTPException(422, f"window must be {view.shortest} to {view.longest} seconds")
+    if model_version is not None and not view.registered(model_version):
+        raise HTTPException(404, f"no model version {model_version!r} in the registry")
+    return await view.window(model_version, window)
+
+
 @router.get("/plot.png", tags=["api"])
 async def plot(user: CurrentUser, gw: GatewayDep) -> Response:
     """The error-distribution PNG drawn by the plot role."""

@@ -17,6 +17,7 @@ from mlpulse.gateway.actualizer import Actualizer
 from mlpulse.gateway.app import create_app
 from mlpulse.gateway.auth import issue_token, load_secret
 from mlpulse.gateway.deps import Gateway
+from mlpulse.gateway.drift_view import DriftView
 from mlpulse.gateway.hub import Hub
 from mlpulse.gateway.protocols import BoundedH11Protocol, BoundedWebSocketProtocol, HttpLimits
 from mlpulse.gateway.relay import Relay
@@ -64,7 +65,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         celery = make_celery(settings)
         stack.callback(celery.close)
         hub = Hub(settings.ws_outbox)
-        actualizer = Actualizer(redis, hub)
+        actualizer = Actualizer(redis, hub, drift=DriftView(redis, settings))
         relay = Relay(settings, hub, redis)
         gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected, celery)
         server = _Server(_uvicorn_config(settings, gateway))

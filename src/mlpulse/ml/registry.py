@@ -23,6 +23,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mlpulse.ml import profile
 from mlpulse.ml.data import Dataset, diabetes
 from mlpulse.ml.meta import read_meta, versions
 
@@ -102,6 +103,13 @@ def _save_next(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: flo
         **(extra or {}),
     }
     _atomic_dump(models_dir / f"model-v{number}.joblib", estimator)
+    try:
+        doc, errors = profile.build(estimator, data)
+    except profile.ProfileError as exc:
+        log.warning("model v%d has no reference profile, so no drift: %s", number, exc)
+    else:
+        profile.save(models_dir, number, doc, errors)
+        meta["profile"] = profile.profile_path(models_dir, number).name
     tmp = models_dir / f".model-v{number}.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, models_dir / f"model-v{number}.json")
@@ -117,6 +125,28 @@ def _atomic_dump(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+DIABETES = "diabetes (scikit-learn)"
+
+
+def ensure_profile(models_dir: Path, model: LoadedModel) -> profile.Profiled:
+    """The version's profile; one from an older release is built now if its training
+    data is known (the diabetes set), else `ProfileError` says drift is unavailable."""
+    number = int(model.version[1:])
+    try:
+        return profile.load(models_dir, number, model.n_features)
+    except profile.ProfileError as exc:
+        if profile.profile_path(models_dir, number).exists() \
+                or model.meta.get("source") != DIABETES:
+            raise
+        missing = exc
+    with _locked(models_dir):
+        if not profile.profile_path(models_dir, number).exists():
+            log.info("%s; building it from the diabetes set it was trained on", missing)
+            doc, errors = profile.build(model.estimator, diabetes())
+            profile.save(models_dir, number, doc, errors)
+    return profile.load(models_dir, number, model.n_features)
+
+
 def ensure_model(models_dir: Path) -> LoadedModel:
     """The latest version, training the first one on the diabetes set if there is none."""
     with _locked(models_dir):
@@ -125,4 +155,4 @@ def ensure_model(models_dir: Path) -> LoadedModel:
             return load(models_dir, found[-1])
         data = diabetes()
         estimator, mae = train(data)
-        return _save_next(models_dir, estimator, data, mae, "diabetes (scikit-learn)")
+        return _save_next(models_dir, estimator, data, mae, DIABETES)

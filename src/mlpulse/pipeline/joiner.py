@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TypeGuard
 
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
@@ -24,6 +24,21 @@ def _send_time(event: Event) -> str:
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return repr(float(ts))
     return ""
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _prediction_meta(event: Event) -> str:
+    """A y_pred's meta: its send time, and when it was scored with its estimated error
+    if a profiling model role sent it (join.lua counts the label into that bucket)."""
+    sent = _send_time(event)
+    scored, estimated = event.extra.get("scored_at"), event.extra.get("estimated_error")
+    if _number(scored) and _number(estimated):
+        return f"{sent};{float(scored)!r};{float(estimated)!r}"
+    return sent
 
 
 def _version(event: Event) -> str:
@@ -48,8 +63,9 @@ class Joiner:
             queue = msg.routing_key or ""
             side = "t" if queue == Y_TRUE else "p"
             events, bad = decode_frame(msg.body, numeric=True, max_bytes=self.max_bytes)
+            meta = _send_time if side == "t" else _prediction_meta
             for e in events:
-                halves.append([side, e.id, repr(e.body), _version(e), _send_time(e)])
+                halves.append([side, e.id, repr(e.body), _version(e), meta(e)])
             if bad:
                 rejected.setdefault(queue, []).extend(bad)
         if halves:

@@ -1,4 +1,4 @@
-"""The metric role: joiner, CSV sink and TTL sweeper, in one process.
+"""The metric role: joiner, CSV sink (with the error-change detector) and TTL sweeper.
 
 People see the aggregates it keeps through the gateway, which reads them from Redis.
 """
@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel
 from mlpulse import keys, telemetry
 from mlpulse.broker import BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
+from mlpulse.pipeline.changes import ErrorChanges
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
 from mlpulse.store import JoinStore, Redis, connect_redis, read_summary
@@ -55,7 +56,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(redis.aclose)
         finish = asyncio.Event()
         joiner = Joiner(None, redis, settings)
-        sink = CsvSink(settings.metric_log, redis)
+        sink = CsvSink(settings.metric_log, redis, ErrorChanges(redis))
         store = JoinStore(redis, settings)
 
         async def sweep() -> None:

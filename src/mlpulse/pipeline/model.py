@@ -17,9 +17,11 @@ from aiormq.abc import DeliveredMessage
 from mlpulse import keys
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
 from mlpulse.config import Settings
+from mlpulse.drift import DriftStore
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml.meta import versions
-from mlpulse.ml.registry import LoadedModel, ensure_model, load
+from mlpulse.ml.profile import Profiled, ProfileError
+from mlpulse.ml.registry import LoadedModel, ensure_model, ensure_profile, load
 from mlpulse.store import Redis, connect_redis, count_rejected
 from mlpulse.waiting import stopped_within
 from mlpulse.wire import (
@@ -43,19 +45,34 @@ RELOAD_SECONDS = 2.0
 REGISTRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, OSError)
 
 
+def load_profile(settings: Settings, model: LoadedModel) -> Profiled | None:
+    """The version's reference profile, or None after saying clearly why drift is off."""
+    try:
+        return ensure_profile(settings.models_dir, model)
+    except ProfileError as exc:
+        log.error("drift is unavailable for %s: %s; predictions go on", model.version, exc)
+    except Exception as exc:  # a profile that cannot be built must not stop predictions
+        log.error("drift is unavailable for %s: the profile could not be built: %r",
+                  model.version, exc)
+    return None
+
+
 class Predictor:
     """Turns batches of feature messages into confirmed y_pred frames."""
 
     def __init__(self, channel: AbstractChannel, redis: Redis, model: LoadedModel,
-                 settings: Settings) -> None:
+                 settings: Settings, profiled: Profiled | None = None) -> None:
         self.channel = channel
         self.redis = redis
         self.model = model
+        self.profiled = profiled
         self.settings = settings
+        self.drift = DriftStore(redis, settings)
 
     async def handle(self, batch: list[DeliveredMessage]) -> None:
         """Decode, predict, publish and wait for the broker's confirms; the caller acks."""
-        model = self.model  # one version for the whole batch, even if a swap happens meanwhile
+        # One version (and its profile) for the whole batch, even if a swap happens meanwhile.
+        model, profiled = self.model, self.profiled
         events: list[Event] = []
         rejected: list[Rejected] = []
         for msg in batch:
@@ -75,11 +92,24 @@ class Predictor:
                                              f"predicted {y[i]!r}, beyond ±{MAX_ABS_VALUE:g}",
                                              encode(_prediction(events[i], None, None))))
                 events = [e for e, ok in zip(events, usable.tolist(), strict=True) if ok]
-                y = y[usable]
-            out = [_prediction(e, p, model.version)
-                   for e, p in zip(events, y.tolist(), strict=True)]
+                X, y = X[usable], y[usable]
+            now = time.time()
+            if profiled is None:
+                out = [_prediction(e, p, model.version)
+                       for e, p in zip(events, y.tolist(), strict=True)]
+            else:
+                # Each prediction carries when it was scored and its estimated error, so
+                # the join can count its label into the same drift bucket.
+                estimated = profiled.estimate(X, y)
+                out = [_prediction(e, p, model.version, now, est) for e, p, est
+                       in zip(events, y.tolist(), estimated.tolist(), strict=True)]
             frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
             await publish_many(self.channel, Y_PRED, frames)
+            if profiled is not None and len(y):
+                # After the publish: a batch redone after a failure here is counted twice
+                # (drift counts are at least once), never left out.
+                ints, floats = profiled.reference.batch_fields(X, y, estimated)
+                await self.drift.record(model.version, ints, floats, now)
         if rejected:
             await dead_letter(self.channel, FEATURES, rejected)
             await count_rejected(self.redis, Counter(r.code for r in rejected))
@@ -107,8 +137,9 @@ class Predictor:
             log.error("model %s cannot be loaded, %s stays: %r", latest, self.model.version,
                       exc)
             return latest
+        profiled = await asyncio.to_thread(load_profile, self.settings, new)
         log.info("model %s replaces %s", new.version, self.model.version)
-        previous, self.model = self.model, new
+        previous, self.model, self.profiled = self.model, new, profiled
         await self.announce(new, previous)
         return refused
 
@@ -131,13 +162,16 @@ class Predictor:
             await self.redis.delete(key)
 
 
-def _prediction(event: Event, value: float | None, version: str | None) -> dict[str, Any]:
+def _prediction(event: Event, value: float | None, version: str | None,
+                scored: float | None = None, estimated: float | None = None) -> dict[str, Any]:
     """The y_pred event for `event`; without a value, the features event as it came."""
     doc = dict(event.extra)
     if value is None:
         doc.update(id=event.raw_id, body=event.body)
     else:
         doc.update(id=event.raw_id, body=value, model_version=version)
+        if scored is not None:
+            doc.update(scored_at=scored, estimated_error=estimated)
     return doc
 
 
@@ -157,7 +191,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 # trains wait in a durable queue.
                 model = await asyncio.to_thread(ensure_model, settings.models_dir)
                 log.info("model %s loaded (%d features)", model.version, model.n_features)
-                predictor = Predictor(channel, redis, model, settings)
+                profiled = await asyncio.to_thread(load_profile, settings, model)
+                predictor = Predictor(channel, redis, model, settings, profiled)
                 group.create_task(predictor.follow_registry(stop), name="registry")
             predictor.channel = channel
             return BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings)

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractChannel
 
 from mlpulse.broker import PERSISTENT_JSON, close_quietly, connect, declare_topology
 from mlpulse.config import Settings
-from mlpulse.errors import TRANSIENT_ERRORS
+from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
 from mlpulse.ml.data import Dataset, diabetes, read_csv
 from mlpulse.waiting import Backoff, stopped_within
 from mlpulse.wire import FEATURES, Y_TRUE, encode
@@ -44,6 +44,34 @@ class Plan:
     source: Path | None = None
     target: str = "target"
     seed: int = 0
+    # Demo drift: (feature name, shift in the feature's standard deviations, first event).
+    drift: list[tuple[str, float, int]] = field(default_factory=list)
+
+
+def parse_drift(spec: str) -> tuple[str, float, int]:
+    """`bmi=+2.0@5000`: from event 5,000 on, bmi moves by 2 standard deviations."""
+    name, sep, rest = spec.partition("=")
+    shift, at_sep, start = rest.partition("@")
+    try:
+        if not (name and sep and shift):
+            raise ValueError
+        return name, float(shift), int(start) if at_sep else 0
+    except ValueError:
+        raise ValueError(f"{spec!r}: expected FEATURE=SHIFT[@EVENT], e.g. bmi=+2.0@5000") \
+            from None
+
+
+def drift_shifts(data: Dataset, plan: Plan) -> list[tuple[int, float, int]]:
+    """(column, amount, first event) for each drift of the plan, in the data's units; a
+    feature's standard deviation is taken over the streamed rows."""
+    out = []
+    for name, shift, start in plan.drift:
+        if name not in data.feature_names:
+            raise MlpulseError(f"--drift {name}: no such feature (features: "
+                               f"{', '.join(data.feature_names)})")
+        j = data.feature_names.index(name)
+        out.append((j, shift * float(data.X[:, j].std()), start))
+    return out
 
 
 def load_source(plan: Plan) -> Dataset:
@@ -58,6 +86,7 @@ def frames(data: Dataset, plan: Plan, run: str) -> Iterator[tuple[list[dict[str,
     """(features, labels) frames of `plan.batch` events, rows in shuffled order, cycling."""
     rng = np.random.default_rng(plan.seed)
     X, y = data.X.tolist(), data.y.tolist()
+    shifts = drift_shifts(data, plan)
     order: list[int] = []
     sent = 0
     while plan.count is None or sent < plan.count:
@@ -69,7 +98,13 @@ def frames(data: Dataset, plan: Plan, run: str) -> Iterator[tuple[list[dict[str,
                 order = rng.permutation(len(X)).tolist()
             row = order.pop()
             event_id = f"{run}-{sent}"
-            feats.append({"id": event_id, "body": X[row], "ts": now})
+            body = X[row]
+            if shifts:
+                body = list(body)
+                for j, amount, start in shifts:
+                    if sent >= start:
+                        body[j] += amount
+            feats.append({"id": event_id, "body": body, "ts": now})
             if plan.labels:
                 labels.append({"id": event_id, "body": y[row], "ts": now})
             sent += 1
@@ -151,6 +186,7 @@ class Sender:
 async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
     """Send events as planned; returns how many the broker confirmed."""
     data = load_source(plan)
+    drift_shifts(data, plan)  # an unknown feature is refused before anything is sent
     async with contextlib.AsyncExitStack() as stack:
         connection = await connect(settings, "producer")
         stack.push_async_callback(close_quietly, connection)

@@ -31,6 +31,7 @@ import redis.exceptions
 from mlpulse import health
 from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
 from mlpulse.keys import JOINED
+from mlpulse.pipeline.changes import ErrorChanges
 from mlpulse.store import Redis, refusal
 from mlpulse.waiting import Backoff, stopped_within
 
@@ -107,9 +108,11 @@ def format_rows(entry: str, fields: dict[bytes, bytes], skip_through: int, now: 
 class CsvSink:
     """The single writer of the metric log."""
 
-    def __init__(self, path: Path, redis: Redis) -> None:
+    def __init__(self, path: Path, redis: Redis, observer: ErrorChanges | None = None) -> None:
         self.path = path
         self.redis = redis
+        # Sees every entry once its rows are on disk, and holds back the trim until then.
+        self.observer = observer
 
     async def run(self, finish: asyncio.Event) -> None:
         """Copy rows until `finish` is set and the outbox is drained."""
@@ -181,8 +184,12 @@ class CsvSink:
                 entries = reply[0][1] if reply else []
                 if entries:
                     await self._write(f, [(e, flds, -1) for e, flds in entries])
-                    last_id = entries[-1][0].decode()
-                    await self._trim(last_id)
+                    before, last_id = last_id, entries[-1][0].decode()
+                    keep = last_id
+                    if self.observer is not None:
+                        await self.observer.observe(before, last_id, entries)
+                        keep = _earlier(last_id, self.observer.holds())
+                    await self._trim(keep)
                 elif draining:
                     return
                 backoff.reset()
@@ -226,6 +233,13 @@ class CsvSink:
             if waiting is None:
                 raise
             raise waiting from exc
+
+
+def _earlier(a: str, b: str | None) -> str:
+    """The earlier of two stream entry ids."""
+    if b is None:
+        return a
+    return min(a, b, key=lambda e: tuple(int(x) for x in e.split("-")))
 
 
 def _text(value: Any) -> str:

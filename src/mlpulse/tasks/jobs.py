@@ -275,7 +275,7 @@ def retrain(self: Task, upload: str | None = None, target: str | None = None) ->
         return _trained(done)
     current = registry.ensure_model(settings.models_dir)
     if upload is None:
-        data, source = diabetes(), "diabetes (scikit-learn)"
+        data, source = diabetes(), registry.DIABETES
     else:
         data = read_csv(settings.uploads_dir / _safe(upload), target)
         source = f"upload {upload}"
