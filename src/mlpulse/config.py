@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # least an hour, sets how long counts are kept), the warning and drift thresholds of
     # PSI and of the Wasserstein distance in reference standard deviations, and the
     # fewest events in a window that get a verdict.
+    # Off: the model role neither estimates errors nor counts bins (a baseline to measure).
+    drift_enabled: bool = True
     drift_windows: list[int] = Field(default_factory=lambda: [300, 3600], min_length=1)
     drift_psi_warn: float = Field(0.1, gt=0)
     drift_psi_drift: float = Field(0.25, gt=0)

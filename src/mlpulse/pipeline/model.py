@@ -47,6 +47,8 @@ REGISTRY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, OSError)
 
 def load_profile(settings: Settings, model: LoadedModel) -> Profiled | None:
     """The version's reference profile, or None after saying clearly why drift is off."""
+    if not settings.drift_enabled:
+        return None
     try:
         return ensure_profile(settings.models_dir, model)
     except ProfileError as exc:
