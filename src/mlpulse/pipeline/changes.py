@@ -49,12 +49,13 @@ class ErrorChanges:
         self.redis = redis
         self.detectors: dict[str, ADWIN] = {}
         self.pos: str | None = None  # the last outbox entry fed, "" before any
+        self.fed: dict[str, int] = {}  # errors fed per version, saved with the detectors
         self.found = 0
 
     async def load(self) -> None:
         """Take up the saved state, or start afresh at the next entry written."""
         raw: Any = await self.redis.get(keys.CHANGES_STATE)
-        self.detectors, self.pos = {}, ""
+        self.detectors, self.pos, self.fed = {}, "", {}
         if raw is None:
             return
         try:
@@ -62,6 +63,7 @@ class ErrorChanges:
             if state["format"] != STATE_FORMAT:
                 raise ValueError(f"state format {state['format']}")
             self.detectors, self.pos = state["detectors"], state["pos"]
+            self.fed = state["fed"]
         except Exception as exc:  # a state from another release of River, say
             log.warning("the error-change detectors start afresh: their saved state is "
                         "unreadable (%r)", exc)
@@ -75,6 +77,7 @@ class ErrorChanges:
                 detector = self.detectors.get(version)
                 if detector is None:
                     detector = self.detectors[version] = ADWIN(delta=DELTA)
+                self.fed[version] = self.fed.get(version, 0) + 1
                 width, level = detector.width, detector.estimation
                 detector.update(abs(float(t) - float(p)))
                 if detector.drift_detected:
@@ -101,7 +104,7 @@ class ErrorChanges:
             entries = await self.redis.xrange(JOINED, f"({self.pos}", through)
         changes = self.feed(entries)
         state = pickle.dumps({"format": STATE_FORMAT, "detectors": self.detectors,
-                              "pos": through})
+                              "pos": through, "fed": self.fed})
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.CHANGES_STATE, state)
         for c in changes:
