@@ -33,14 +33,17 @@
     setValue("m-rejected", s.rejected);
   }
 
-  function canvas(id) {
-    const c = $(id);
+  function canvas(idOrElement) {
+    const c = typeof idOrElement === "string" ? $(idOrElement) : idOrElement;
     const ratio = window.devicePixelRatio || 1;
     const w = c.clientWidth, h = c.clientHeight || 240;
-    if (c.width !== Math.round(w * ratio)) { c.width = Math.round(w * ratio); c.height = Math.round(h * ratio); }
+    if (c.width !== Math.round(w * ratio) || c.height !== Math.round(h * ratio)) {
+      c.width = Math.round(w * ratio); c.height = Math.round(h * ratio);
+    }
     const ctx = c.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, w, h);
+    ctx.setLineDash([]);
     ctx.font = "11px system-ui, sans-serif";
     return { ctx, w, h };
   }
@@ -136,6 +139,221 @@
     }));
   }
 
+  // ------------------------------------------------------------ drift
+  const STATUS_COLOURS = { ok: "#16a34a", warn: "#d97706", drift: "#dc2626", insufficient: "#94a3b8" };
+  const MAE_COLOURS = { estimated: "#2563eb", realized: "#dc2626", reference: "#94a3b8", change: "#d97706" };
+  const drift = { window: "300", markers: [] };  // the window shown, and the MAE chart's change marks
+
+  const missing = (v) => v === null || v === undefined;
+  const fixed = (v, digits) => missing(v) ? "–" : v.toFixed(digits);
+  const share = (v) => missing(v) ? "–" : v === 0 ? "0%" : v < 0.001 ? "<0.1%" : `${(100 * v).toFixed(1)}%`;
+  const clock = (t, seconds) => new Date(t * 1000).toLocaleTimeString([], {
+    hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined, hourCycle: "h23" });
+  // The next of 1, 2, 4, 6, 8 times a power of ten, so that the axis's quarters are round.
+  const roundUp = (v) => {
+    const step = 10 ** Math.floor(Math.log10(v));
+    return [1, 2, 4, 6, 8, 10].map((m) => m * step).find((m) => m >= v);
+  };
+  const windowName = (s) => {
+    const n = Number(s);
+    return n % 3600 === 0 ? `${n / 3600} h` : n % 60 === 0 ? `${n / 60} min` : `${n} s`;
+  };
+
+  // A line through the values at x(i); a null is a gap, and a value between two gaps a dot.
+  function trace(ctx, values, x, y) {
+    ctx.beginPath();
+    values.forEach((v, i) => {
+      if (missing(v)) return;
+      if (missing(values[i - 1])) ctx.moveTo(x(i), y(v)); else ctx.lineTo(x(i), y(v));
+    });
+    ctx.stroke();
+    values.forEach((v, i) => {
+      if (missing(v) || !(missing(values[i - 1]) && missing(values[i + 1]))) return;
+      ctx.beginPath(); ctx.arc(x(i), y(v), 2.5, 0, 2 * Math.PI); ctx.fill();
+    });
+  }
+
+  function renderSparkline(el, values, status, times) {
+    const { ctx, w, h } = canvas(el);
+    const known = values.filter((v) => !missing(v));
+    ctx.strokeStyle = "#e2e8f0"; ctx.setLineDash([2, 3]);
+    ctx.beginPath(); ctx.moveTo(0, h - 3); ctx.lineTo(w, h - 3); ctx.stroke();
+    ctx.setLineDash([]);
+    if (!known.length) {
+      el.title = "no 5-minute block of the last hour had enough events for a PSI";
+      return;
+    }
+    // At least 0.25 high, so sampling noise around zero stays a flat line near the floor.
+    const max = Math.max(0.25, ...known) * 1.1;
+    const x = (i) => 3 + (w - 6) * i / Math.max(1, values.length - 1);
+    const y = (v) => h - 3 - (h - 6) * v / max;
+    const colour = status === "drift" || status === "warn" ? STATUS_COLOURS[status] : "#64748b";
+    ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 1.5;
+    trace(ctx, values, x, y);
+    const top = values.indexOf(Math.max(...known));
+    el.title = `PSI per 5 minutes, last hour; highest ${fixed(values[top], 2)} at ${clock(times[top])}`;
+  }
+
+  function driftRow(name, col, label) {
+    const tr = document.createElement("tr");
+    tr.dataset.feature = name;
+    tr.dataset.status = col.status;
+    const head = cell(label);
+    head.title = name;
+    const psi = cell(fixed(col.psi, 2));
+    psi.title = `PSI ${fixed(col.psi, 3)} · Wasserstein ${fixed(col.wasserstein, 2)} std`;
+    const status = document.createElement("td");
+    const chip = document.createElement("span");
+    chip.className = `chip chip-${col.status}`; chip.textContent = col.status;
+    status.append(chip);
+    const spark = document.createElement("td");
+    spark.className = "spark";
+    spark.append(document.createElement("canvas"));
+    tr.append(head, psi, status, cell(share(col.out_of_range)), spark);
+    return tr;
+  }
+
+  function renderWindowSwitch(names) {
+    const box = $("d-windows");
+    if (box.dataset.windows !== names.join(",")) {
+      box.dataset.windows = names.join(",");
+      box.replaceChildren(...names.map((name) => {
+        const b = document.createElement("button");
+        b.type = "button"; b.dataset.window = name; b.textContent = windowName(name);
+        return b;
+      }));
+    }
+    for (const b of box.children) b.setAttribute("aria-pressed", String(b.dataset.window === drift.window));
+  }
+
+  function renderAlert(report) {
+    const el = $("d-alert");
+    const cols = [...report.features, { name: "prediction", ...report.prediction }];
+    const moved = cols.filter((c) => c.status === "drift").map((c) => c.name);
+    const warned = cols.filter((c) => c.status === "warn").map((c) => c.name);
+    const known = cols.some((c) => c.status !== "insufficient");
+    el.hidden = !known;
+    el.className = `chip chip-${moved.length ? "drift" : warned.length ? "warn" : "ok"}`;
+    el.textContent = moved.length ? `drift: ${moved.join(", ")}` : warned.length ? `warning: ${warned.join(", ")}` : "no drift";
+  }
+
+  function renderChanges(changes) {
+    const list = $("d-changes");
+    if (!changes.length) {
+      const li = document.createElement("li");
+      li.className = "muted"; li.textContent = "No change in the error level detected.";
+      list.replaceChildren(li);
+      return;
+    }
+    list.replaceChildren(...changes.slice(-3).reverse().map((c) => {
+      const li = document.createElement("li");
+      const up = c.after > c.before;
+      li.className = up ? "up" : "down";
+      li.textContent = `${clock(c.at, true)}  error level ${up ? "rose" : "fell"} ${fixed(c.before, 1)} → ${fixed(c.after, 1)}`;
+      return li;
+    }));
+  }
+
+  function renderMaeChart(trend, report, changes) {
+    const { ctx, w, h } = canvas("d-mae");
+    const pad = { l: 40, r: 12, t: 22, b: 22 };
+    drift.markers = [];
+    if (!trend || !trend.t.length) {
+      ctx.fillStyle = "#64748b";
+      ctx.fillText("No trend yet: it needs this version's reference profile.", pad.l, h / 2);
+      return;
+    }
+    const n = trend.t.length, t0 = trend.t[0], t1 = trend.t[n - 1] + trend.block_s;
+    const ref = report.reference_mae;
+    const seen = [...trend.estimated_mae, ...trend.realized_mae, ref].filter((v) => !missing(v));
+    const max = roundUp(Math.max(1, ...seen) * 1.1);
+    axes(ctx, w, h, pad, max, "");
+    const at = (t) => pad.l + (w - pad.l - pad.r) * (t - t0) / (t1 - t0);
+    const x = (i) => at(trend.t[i] + trend.block_s / 2);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    ctx.fillStyle = "#64748b";
+    for (let i = 0; i < n; i += 3) ctx.fillText(clock(trend.t[i]), at(trend.t[i]) - 14, h - 6);
+    ctx.textAlign = "right"; ctx.fillText("now", w - pad.r, h - 6); ctx.textAlign = "left";
+    if (!missing(ref)) {
+      ctx.strokeStyle = MAE_COLOURS.reference; ctx.lineWidth = 1; ctx.setLineDash([2, 3]);
+      ctx.beginPath(); ctx.moveTo(pad.l, y(ref)); ctx.lineTo(w - pad.r, y(ref)); ctx.stroke();
+    }
+    ctx.lineWidth = 2;
+    ctx.setLineDash([6, 4]);
+    ctx.strokeStyle = ctx.fillStyle = MAE_COLOURS.estimated;
+    trace(ctx, trend.estimated_mae, x, y);
+    ctx.setLineDash([]);
+    ctx.strokeStyle = ctx.fillStyle = MAE_COLOURS.realized;
+    trace(ctx, trend.realized_mae, x, y);
+    // Each change inside the hour: a vertical mark at its time, "before → after" on top;
+    // labels alternate between two rows so that close changes stay legible.
+    ctx.lineWidth = 1.5;
+    changes.filter((c) => c.at >= t0 && c.at <= t1).forEach((c, k) => {
+      const cx = at(c.at), text = `${fixed(c.before, 1)} → ${fixed(c.after, 1)}`;
+      ctx.strokeStyle = ctx.fillStyle = MAE_COLOURS.change; ctx.setLineDash([4, 3]);
+      ctx.beginPath(); ctx.moveTo(cx, pad.t); ctx.lineTo(cx, h - pad.b); ctx.stroke();
+      ctx.setLineDash([]);
+      const tw = ctx.measureText(text).width;
+      ctx.fillText(text, Math.min(Math.max(cx - tw / 2, 2), w - tw - 2), k % 2 ? 20 : 10);
+      drift.markers.push({ x: cx, text: `error level changed at ${clock(c.at, true)}: ${text}` });
+    });
+  }
+
+  function renderDrift(d) {
+    if (!d) return;
+    const windows = d.windows || {};
+    const names = Object.keys(windows).sort((a, b) => Number(a) - Number(b));
+    if (!names.includes(drift.window)) drift.window = names.includes("300") ? "300" : names[0];
+    renderWindowSwitch(names);
+    const report = windows[drift.window];
+    if (!report) {
+      $("d-note").textContent = d.model_version ? `model ${d.model_version}: no report yet` : "no model version is registered yet";
+      return;
+    }
+    const name = windowName(drift.window);
+    $("d-note").textContent = `model ${report.model_version || d.model_version || "–"} · ${fmt(report.events)} events in the last ${name} · ${fmt(report.labelled)} labelled`;
+    const off = $("d-unavailable");
+    off.hidden = !report.unavailable;
+    off.textContent = report.unavailable || "";
+    $("drift").querySelector(".drift-body").hidden = Boolean(report.unavailable);
+    $("d-alert").hidden = true;
+    if (report.unavailable) {
+      $("d-features").replaceChildren(); $("d-prediction").replaceChildren();
+      return;
+    }
+    renderAlert(report);
+    const psi = (d.trend && d.trend.psi) || {};
+    const rows = report.features.map((f) => [driftRow(f.name, f, f.name), psi[f.name]]);
+    const pred = [driftRow("prediction", report.prediction, "prediction"), psi.prediction];
+    $("d-features").replaceChildren(...rows.map(([tr]) => tr));
+    $("d-prediction").replaceChildren(pred[0]);
+    const times = (d.trend && d.trend.t) || [];
+    for (const [tr, values] of [...rows, pred]) {
+      renderSparkline(tr.querySelector("canvas"), values || [], tr.dataset.status, times);
+    }
+    setValue("d-est", report.estimated_mae);
+    setValue("d-est-unlabelled", report.estimated_mae_unlabelled);
+    setValue("d-realized", report.realized_mae);
+    const refKey = $("d-ref");
+    refKey.hidden = missing(report.reference_mae);
+    refKey.textContent = `reference ${fixed(report.reference_mae, 1)}`;
+    const changes = report.changes || (windows["3600"] && windows["3600"].changes) || [];
+    renderChanges(changes);
+    renderMaeChart(d.trend, report, changes);
+  }
+
+  $("d-windows").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-window]");
+    if (!b) return;
+    drift.window = b.dataset.window;
+    renderDrift(state.snapshot.drift);
+  });
+  $("d-mae").addEventListener("mousemove", (ev) => {
+    const x = ev.clientX - ev.target.getBoundingClientRect().left;
+    const near = drift.markers.filter((m) => Math.abs(m.x - x) <= 6).map((m) => m.text);
+    ev.target.title = near.join("\n");
+  });
+
   function render(changed) {
     const s = state.snapshot;
     if ("summary" in changed) renderCards(s.summary);
@@ -143,6 +361,7 @@
     if ("series" in changed) renderSeries(s.series);
     if ("recent" in changed) renderRecent(s.recent);
     if ("by_version" in changed) renderVersions(s.by_version);
+    if ("drift" in changed) renderDrift(s.drift);
   }
 
   function addToFeed(msg, note) {
@@ -346,7 +565,7 @@
     next.src = `/plot.png?t=${Date.now()}`;
   }
 
-  window.addEventListener("resize", () => render({ histogram: 1, series: 1 }));
+  window.addEventListener("resize", () => render({ histogram: 1, series: 1, drift: 1 }));
   connect();
   whoami();
   refreshPlot();
