@@ -105,13 +105,14 @@ class Predictor:
                 estimated = profiled.estimate(X, y)
                 out = [_prediction(e, p, model.version, now, est) for e, p, est
                        in zip(events, y.tolist(), estimated.tolist(), strict=True)]
-            frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
-            await publish_many(self.channel, Y_PRED, frames)
             if profiled is not None and len(y):
-                # After the publish: a batch redone after a failure here is counted twice
-                # (drift counts are at least once), never left out.
+                # Before the publish, so a label never counts into a bucket before its
+                # prediction does; a batch redone after a failure from here on is counted
+                # twice (drift counts are at least once), never left out.
                 ints, floats = profiled.reference.batch_fields(X, y, estimated)
                 await self.drift.record(model.version, ints, floats, now)
+            frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
+            await publish_many(self.channel, Y_PRED, frames)
         if rejected:
             await dead_letter(self.channel, FEATURES, rejected)
             await count_rejected(self.redis, Counter(r.code for r in rejected))
