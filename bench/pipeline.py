@@ -5,6 +5,8 @@ Run from the repository root with the project virtualenv::
     python bench/pipeline.py                  # full fixed workloads
     python bench/pipeline.py --quick          # counts / 10, steady phase 5 s
     python bench/pipeline.py --only baseline  # one system only
+    python bench/pipeline.py --drift on       # mlpulse phases with drift counting only
+    python bench/pipeline.py --rounds 3       # drift off/on pairs three times, median ratio
     python bench/pipeline.py --out bench/results.md
 
 Every phase runs against a dedicated RabbitMQ vhost (``mlpulse-bench``) whose queues are
@@ -12,6 +14,13 @@ deleted first, a flushed Redis DB 14 and a fresh temporary directory. Figures ar
 the metric CSV each system writes: throughput is rows / (last ``logged_at`` - first send) and
 latency is ``logged_at`` - send time per row. Peak RSS is sampled every 0.2 s per role
 process, children included.
+
+By default the frames-of-500 and single-message workloads each run twice, back to back:
+first with the model role's drift counting off (``MLPULSE_DRIFT_ENABLED=false``), then on,
+so the report can give the cost of drift under the same machine load. After every
+mlpulse phase the report gives what Redis DB 14 holds: ``used_memory`` minus its value
+right after the flush at the phase's start, and the keys left, ``mlpulse:drift:*`` among
+them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +53,7 @@ BASELINE_DIR = REPO_ROOT / "bench" / "baseline"
 VHOST = "mlpulse-bench"
 AMQP_URL = f"amqp://guest:guest@localhost:5672/{VHOST}"
 REDIS_URL = "redis://localhost:6379/14"
+DRIFT_KEYS = "mlpulse:drift:*"
 QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
 
 POLL_S = 0.2
@@ -61,6 +72,8 @@ DEFAULT_STEADY_SECONDS = 30
 QUICK_DIVISOR = 10
 QUICK_STEADY_SECONDS = 5
 DEFAULT_PHASE_TIMEOUT_S = 900.0
+# The issue's bar: throughput with drift on is at least this share of it with drift off.
+DRIFT_MIN_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,19 @@ class Phase:
     count: int
     batch: int = 1
     rate: float = 0.0
+    workload: str = ""  # with `round`, pairs a drift-on phase with its drift-off twin
+    drift: bool = True  # the model role's drift counting (MLPULSE_DRIFT_ENABLED)
+    round: int = 1
+
+
+@dataclass(frozen=True)
+class RedisUsage:
+    """What the benchmark Redis DB holds at the end of a phase."""
+
+    used_mib: float  # INFO used_memory minus its value right after the phase's flush
+    keys: int
+    key_mib: float  # MEMORY USAGE summed over the DB's keys
+    drift_keys: int
 
 
 @dataclass
@@ -87,6 +113,7 @@ class PhaseResult:
     p99_ms: float | None = None
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     producer_s: float | None = None
+    redis: RedisUsage | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -192,8 +219,11 @@ def ensure_vhost() -> None:
             raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}): {output}")
 
 
-def reset_broker_state() -> None:
-    """Delete the pipeline queues in the vhost and flush the benchmark Redis DB."""
+def reset_broker_state() -> int:
+    """Delete the pipeline queues in the vhost and flush the benchmark Redis DB.
+
+    Returns Redis's ``used_memory`` in bytes right after the flush.
+    """
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
@@ -204,8 +234,34 @@ def reset_broker_state() -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.flushdb()
+        return int(client.info("memory")["used_memory"])
     finally:
         client.close()
+
+
+def measure_redis(used_after_flush: int) -> RedisUsage:
+    """Memory and keys of the benchmark Redis DB now, against the flushed state.
+
+    ``used_memory`` covers the whole server, so it moves with any other DB in use; the
+    per-key sum covers DB 14 alone (``SAMPLES 0``: every element of a hash is counted).
+    """
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        used = int(client.info("memory")["used_memory"])
+        keys = list(client.scan_iter(count=1000))
+        drift_keys = sum(1 for _ in client.scan_iter(match=DRIFT_KEYS, count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        key_bytes = sum(int(size or 0) for size in pipe.execute())
+    finally:
+        client.close()
+    return RedisUsage(
+        used_mib=(used - used_after_flush) / MIB,
+        keys=len(keys),
+        key_mib=key_bytes / MIB,
+        drift_keys=drift_keys,
+    )
 
 
 # --------------------------------------------------------------------------- processes
@@ -388,6 +444,7 @@ def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
         "MLPULSE_LOG_DIR": str(dirs["logs"]),
         "MLPULSE_DATA_DIR": str(dirs["data"]),
         "MLPULSE_MODELS_DIR": str(dirs["models"]),
+        "MLPULSE_DRIFT_ENABLED": "true" if phase.drift else "false",
     }
     return PhasePlan(
         # The model role trains at first start, so it goes first and must be ready.
@@ -453,7 +510,7 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
     producer_started = time.time()
     print(f"[{phase.key}] {phase.label}: starting in {workdir}", file=sys.stderr)
     try:
-        reset_broker_state()
+        used_after_flush = reset_broker_state()
         with RssSampler() as sampler:
             try:
                 for name, argv in plan.consumers:
@@ -473,6 +530,10 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
                     if note and role.name != "producer":
                         result.notes.append(note)
             result.peak_rss_mib = sampler.peak_mib()
+        if phase.system == "mlpulse":
+            # Once the roles have stopped: every event is in, and their connections' buffers
+            # no longer count.
+            result.redis = measure_redis(used_after_flush)
         # A role may flush on shutdown, or be stopped mid-rewrite; keep the fuller read.
         after_stop = read_log(plan.csv_path, plan.sent_column)
         log = after_stop if len(after_stop) >= len(before_stop) else before_stop
@@ -485,8 +546,14 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
             print(f"[{phase.key}] kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    redis_note = (
+        ""
+        if result.redis is None
+        else f", Redis +{result.redis.used_mib:.2f} MiB, {result.redis.drift_keys} drift keys"
+    )
     print(
-        f"[{phase.key}] {result.rows}/{phase.count} rows, {_fmt(result.events_per_s, 1)} events/s",
+        f"[{phase.key}] {result.rows}/{phase.count} rows, "
+        f"{_fmt(result.events_per_s, 1)} events/s{redis_note}",
         file=sys.stderr,
     )
     return result
@@ -521,8 +588,110 @@ def nproc() -> str:
     return str(os.cpu_count())
 
 
+def _baseline_lines(results: list[PhaseResult]) -> list[str]:
+    """The table of each mlpulse phase's ratios to the baseline phase."""
+    baseline = next((r for r in results if r.phase.system == "baseline"), None)
+    mlpulse = [r for r in results if r.phase.system == "mlpulse"]
+    if not mlpulse:
+        return []
+    lines = [
+        "",
+        "Ratios to the baseline phase (bigger is better in every column):",
+        "",
+        "| mlpulse phase | events/s (mlpulse / baseline) | p50 latency (baseline / mlpulse) "
+        "| p99 latency (baseline / mlpulse) | peak RSS total (baseline / mlpulse) "
+        "| exactly N unique ids |",
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for res in mlpulse:
+        exact = (
+            "yes"
+            if res.unique_ids == res.phase.count and res.duplicates == 0
+            else f"no ({res.duplicates:,} dup, {res.missing:,} missing)"
+        )
+        b = baseline or PhaseResult(phase=res.phase)
+        lines.append(
+            f"| {res.phase.label} | {_ratio(res.events_per_s, b.events_per_s)} "
+            f"| {_ratio(b.p50_ms, res.p50_ms)} | {_ratio(b.p99_ms, res.p99_ms)} "
+            f"| {_ratio(_total_rss(b), _total_rss(res))} | {exact} |"
+        )
+    return lines
+
+
+def _drift_pairs(results: list[PhaseResult]) -> list[tuple[PhaseResult, PhaseResult]]:
+    """(drift off, drift on) results of the same workload and round, in run order."""
+    offs = {
+        (r.phase.workload, r.phase.round): r
+        for r in results
+        if r.phase.system == "mlpulse" and not r.phase.drift
+    }
+    pairs = []
+    for on in results:
+        off = offs.get((on.phase.workload, on.phase.round))
+        if on.phase.system == "mlpulse" and on.phase.drift and off is not None:
+            pairs.append((off, on))
+    return pairs
+
+
+def _drift_lines(results: list[PhaseResult]) -> list[str]:
+    """Per workload (and round) run both ways: throughput with drift on ÷ with it off."""
+    pairs = _drift_pairs(results)
+    if not pairs:
+        return []
+    lines = [
+        "",
+        f"Drift on ÷ drift off, per workload (the bar: at least {DRIFT_MIN_RATIO:.2f}x):",
+        "",
+        "| workload | round | events/s drift off | events/s drift on | drift on ÷ drift off "
+        "| p99 ms drift off / on | bar met |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    ratios: dict[str, list[float]] = {}
+    for off, on in pairs:
+        met = "n/a"
+        if on.events_per_s is not None and off.events_per_s:
+            ratio = on.events_per_s / off.events_per_s
+            ratios.setdefault(on.phase.workload, []).append(ratio)
+            met = "yes" if ratio >= DRIFT_MIN_RATIO else "no"
+        lines.append(
+            f"| {on.phase.workload} | {on.phase.round} | {_fmt(off.events_per_s)} "
+            f"| {_fmt(on.events_per_s)} | {_ratio(on.events_per_s, off.events_per_s)} "
+            f"| {_fmt(off.p99_ms, 2)} / {_fmt(on.p99_ms, 2)} | {met} |"
+        )
+    if any(len(found) > 1 for found in ratios.values()):
+        lines += ["", "Median of the rounds' ratios:", ""]
+        lines += [
+            f"- {workload}: {statistics.median(found):.2f}x over {len(found)} rounds "
+            f"(min {min(found):.2f}x, max {max(found):.2f}x)"
+            for workload, found in ratios.items()
+        ]
+    return lines
+
+
+def _redis_lines(results: list[PhaseResult]) -> list[str]:
+    """What Redis DB 14 held at the end of each mlpulse phase."""
+    measured = [(r, r.redis) for r in results if r.redis is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "Redis DB 14 at the end of each mlpulse phase, after its roles stopped:",
+        "",
+        "| mlpulse phase | events | used_memory growth MiB | keys | MEMORY USAGE of the keys MiB "
+        "| `mlpulse:drift:*` keys |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for res, usage in measured:
+        lines.append(
+            f"| {res.phase.label} | {res.phase.count:,} | {_fmt(usage.used_mib, 2)} "
+            f"| {usage.keys:,} | {_fmt(usage.key_mib, 2)} | {usage.drift_keys:,} |"
+        )
+    return lines
+
+
 def render_report(results: list[PhaseResult], command: str) -> str:
-    """Markdown report: header, per-phase table, ratios to the baseline and notes."""
+    """Markdown report: header, per-phase table, ratios to the baseline and between drift
+    on and off, Redis memory, and notes."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Pipeline benchmark",
@@ -549,37 +718,18 @@ def render_report(results: list[PhaseResult], command: str) -> str:
             f"| {rss} | {_fmt(res.producer_s)} |"
         )
 
-    baseline = next((r for r in results if r.phase.system == "baseline"), None)
-    mlpulse = [r for r in results if r.phase.system == "mlpulse"]
-    if mlpulse:
-        lines += [
-            "",
-            "Ratios to the baseline phase (bigger is better in every column):",
-            "",
-            "| mlpulse phase | events/s (mlpulse / baseline) | p50 latency (baseline / mlpulse) "
-            "| p99 latency (baseline / mlpulse) | peak RSS total (baseline / mlpulse) "
-            "| exactly N unique ids |",
-            "|---|--:|--:|--:|--:|---|",
-        ]
-        for res in mlpulse:
-            exact = (
-                "yes"
-                if res.unique_ids == res.phase.count and res.duplicates == 0
-                else f"no ({res.duplicates:,} dup, {res.missing:,} missing)"
-            )
-            b = baseline or PhaseResult(phase=res.phase)
-            lines.append(
-                f"| {res.phase.label} | {_ratio(res.events_per_s, b.events_per_s)} "
-                f"| {_ratio(b.p50_ms, res.p50_ms)} | {_ratio(b.p99_ms, res.p99_ms)} "
-                f"| {_ratio(_total_rss(b), _total_rss(res))} | {exact} |"
-            )
-
+    lines += _baseline_lines(results)
+    lines += _drift_lines(results)
+    lines += _redis_lines(results)
     lines += [
         "",
         "events/s = rows / (last `logged_at` - first send); first send is min(`sent_at`) for "
         "mlpulse and min(`id`) for the baseline (its id is the send timestamp). Latency is "
         "`logged_at` - send time per CSV row. Peak RSS includes child processes, sampled "
-        f"every {POLL_S} s. `producer s` is the producer process wall time.",
+        f"every {POLL_S} s. `producer s` is the producer process wall time. Drift off is "
+        "`MLPULSE_DRIFT_ENABLED=false` for every role. used_memory growth is Redis's "
+        "`INFO memory` `used_memory` minus its value right after the phase's flush; it covers "
+        "the whole server, the MEMORY USAGE sum only DB 14.",
     ]
     if any(r.phase.rate for r in results):
         lines[-1] += " Paced phases are capped at the offered rate; they are there for latency."
@@ -611,33 +761,63 @@ def build_phases(args: argparse.Namespace) -> list[Phase]:
             "baseline (seed-style)",
             "baseline",
             size(args.baseline_count, DEFAULT_BASELINE_COUNT),
-        ),
-        Phase(
+        )
+    ]
+    workloads = (
+        (
             "batch",
-            f"mlpulse, frames of {batch_size}",
-            "mlpulse",
+            f"frames of {batch_size}",
             size(args.batch_count, DEFAULT_BATCH_COUNT),
-            batch=batch_size,
+            batch_size,
         ),
-        Phase(
-            "single",
-            "mlpulse, single-message frames",
-            "mlpulse",
-            size(args.single_count, DEFAULT_SINGLE_COUNT),
-            batch=1,
-        ),
+        ("single", "single-message frames", size(args.single_count, DEFAULT_SINGLE_COUNT), 1),
+    )
+    drift_modes = {"both": [False, True], "on": [True], "off": [False]}[args.drift]
+    for round_no in range(1, args.rounds + 1):
+        suffix = f", round {round_no}" if args.rounds > 1 else ""
+        for key, workload, count, batch in workloads:
+            # Off and on back to back, per workload, so the two see the same machine load;
+            # every other round the other way round, so neither always goes first.
+            modes = drift_modes if round_no % 2 else drift_modes[::-1]
+            phases += [
+                Phase(
+                    f"{key}{'' if drift else '-drift-off'}{f'-r{round_no}' if suffix else ''}",
+                    f"mlpulse, {workload}, drift {'on' if drift else 'off'}{suffix}",
+                    "mlpulse",
+                    count,
+                    batch=batch,
+                    workload=workload,
+                    drift=drift,
+                    round=round_no,
+                )
+                for drift in modes
+            ]
+    # The paced phase is there for latency, so it runs once, drift on unless only off.
+    steady_drift = args.drift != "off"
+    phases.append(
         Phase(
             "steady",
-            f"mlpulse, steady {steady_rate:g}/s for {steady_seconds:g} s",
+            f"mlpulse, steady {steady_rate:g}/s for {steady_seconds:g} s, "
+            f"drift {'on' if steady_drift else 'off'}",
             "mlpulse",
             int(steady_rate * steady_seconds),
             batch=1,
             rate=steady_rate,
-        ),
-    ]
+            workload=f"steady {steady_rate:g}/s",
+            drift=steady_drift,
+        )
+    )
     if args.only != "all":
         phases = [p for p in phases if p.system == args.only]
     return phases
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -646,6 +826,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark the seed-style baseline against mlpulse end to end."
     )
     parser.add_argument("--only", choices=("all", "baseline", "mlpulse"), default="all")
+    parser.add_argument(
+        "--drift",
+        choices=("both", "on", "off"),
+        default="both",
+        help="run the mlpulse workloads with the model role's drift counting on, off, or "
+        "both back to back (default)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="run the frames-of-500 and single-message workloads this many times (with "
+        "--drift both: off/on, then on/off, ...); the report gives the median ratio",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
