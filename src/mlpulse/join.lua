@@ -49,22 +49,31 @@ local rows = {}
 local n, sum_abs, sum_sq, dup, conflict, max_err = 0, 0, 0, 0, 0, 0
 local bins, versions, labelled = {}, {}, {}
 
--- "ts;scored;est" -> ts, and the label counted into the buckets of `scored`.
+-- "ts;scored;est" -> ts, and the label counted into the buckets of `scored`. A model
+-- batch shares one `scored`, so its buckets are looked up once, not once per event.
+local seen_scored, seen_ver, seen_buckets = nil, nil, {}
 local function label_drift(meta, ver, err)
   local a = string.find(meta, ";", 1, true)
   if not a then return meta end
   local b = string.find(meta, ";", a + 1, true)
-  local scored, est = tonumber(string.sub(meta, a + 1, (b or 0) - 1)), tonumber(string.sub(meta, (b or #meta) + 1))
-  if scored and est then
+  local est = b and tonumber(string.sub(meta, b + 1))
+  if not est then return string.sub(meta, 1, a - 1) end
+  local scored_text = string.sub(meta, a + 1, b - 1)
+  if scored_text ~= seen_scored or ver ~= seen_ver then
+    seen_scored, seen_ver, seen_buckets = scored_text, ver, {}
+    local scored = tonumber(scored_text)
     for _, r in ipairs(RES) do
       -- A label later than a bucket's lifetime has nothing left to count into.
-      if now - scored < r[2] then
+      if scored and now - scored < r[2] then
         local key = DRIFT .. ver .. ":" .. r[1] .. ":" .. (math.floor(scored / r[1]) * r[1])
         local l = labelled[key]
         if not l then l = {0, 0, 0, r[2]}; labelled[key] = l end
-        l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est
+        seen_buckets[#seen_buckets + 1] = l
       end
     end
+  end
+  for _, l in ipairs(seen_buckets) do
+    l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est
   end
   return string.sub(meta, 1, a - 1)
 end

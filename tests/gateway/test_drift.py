@@ -8,6 +8,7 @@ its own feature vectors and labels, so it knows every value, and checks what
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,9 +184,23 @@ def test_a_shifted_feature_is_caught_and_the_others_are_not(
     shifted[:, 2] += X_REF[:, 2].std()  # bmi, +1 reference std
     stream.send(shifted)
     # Shifted events are half of the window now.
-    found = statuses(settled(gw, 10_000))
+    doc = settled(gw, 10_000)
+    found = statuses(doc)
     assert found["bmi"] == "drift", found
     assert all(s != "drift" for name, s in found.items() if name != "bmi"), found
+    # Prometheus gets the same figure from the gateway's next refresh.
+    series = re.compile(r'^mlpulse_feature_psi\{feature="bmi",model_version="v1",'
+                        r'window="300"\} (\S+)$', re.MULTILINE)
+
+    def exported() -> float:
+        text = httpx.get(f"{gw.http}/metrics",
+                         headers={"Authorization": f"Bearer {token('alice')}"}).text
+        match = series.search(text)
+        return float(match.group(1)) if match else 0.0
+
+    psi = doc["features"][2]["psi"]
+    wait_until(lambda: exported() == pytest.approx(psi, rel=1e-9), 30,
+               f"bmi's PSI {psi} on /metrics", interval=0.5)
 
 
 def test_psi_and_wasserstein_agree_with_an_offline_computation(

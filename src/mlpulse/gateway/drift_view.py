@@ -47,6 +47,7 @@ class DriftView:
         self.settings = settings
         self.store = DriftStore(redis, settings)
         self._profiles: dict[str, tuple[float, Reference | str]] = {}
+        self.exported = _Exported()
 
     @property
     def longest(self) -> int:
@@ -125,12 +126,13 @@ class DriftView:
         version = await self.default_version(max(windows), now)
         out: dict[str, Any] = {"model_version": version, "windows": {}, "trend": None}
         if version is None:
+            self.exported.refresh({})
             return out
+        exported: dict[str, dict[str, dict[str, Any]]] = {}
         for v in {version, *await self.store.versions(now - max(windows))}:
-            docs = {str(w): await self.window(v, w, now) for w in windows}
-            _export(v, docs)
-            if v == version:
-                out["windows"] = docs
+            exported[v] = {str(w): await self.window(v, w, now) for w in windows}
+        out["windows"] = exported[version]
+        self.exported.refresh(exported)
         ref = self.reference(version)
         if not isinstance(ref, str):
             blocks = await self.store.blocks(version, now, TREND_BLOCK_SECONDS)
@@ -142,15 +144,29 @@ class DriftView:
         return out
 
 
-def _export(version: str, docs: dict[str, dict[str, Any]]) -> None:
-    for window, doc in docs.items():
-        for f in doc["features"]:
-            if f["psi"] is not None:
-                FEATURE_PSI.labels(f["name"], window, version).set(f["psi"])
-        if doc["prediction"]["psi"] is not None:
-            PREDICTION_PSI.labels(window, version).set(doc["prediction"]["psi"])
-        if doc["estimated_mae"] is not None:
-            ESTIMATED_MAE.labels(window, version).set(doc["estimated_mae"])
+class _Exported:
+    """The gauge series set by the last refresh, so a series with no value now (a version
+    no longer scored, a window gone quiet) is removed rather than left at its last value."""
+
+    def __init__(self) -> None:
+        self.series: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+    def refresh(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
+        fresh: dict[tuple[Gauge, tuple[str, ...]], float] = {}
+        for version, windows in docs.items():
+            for window, doc in windows.items():
+                for f in doc["features"]:
+                    if f["psi"] is not None:
+                        fresh[(FEATURE_PSI, (f["name"], window, version))] = f["psi"]
+                if doc["prediction"]["psi"] is not None:
+                    fresh[(PREDICTION_PSI, (window, version))] = doc["prediction"]["psi"]
+                if doc["estimated_mae"] is not None:
+                    fresh[(ESTIMATED_MAE, (window, version))] = doc["estimated_mae"]
+        for gauge, labels in self.series - fresh.keys():
+            gauge.remove(*labels)
+        for (gauge, labels), value in fresh.items():
+            gauge.labels(*labels).set(value)
+        self.series = set(fresh)
 
 
 def _mean(total: dict[str, float], num: str, den: str) -> float | None:

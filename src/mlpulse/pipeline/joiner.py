@@ -37,7 +37,7 @@ def _prediction_meta(event: Event) -> str:
     sent = _send_time(event)
     scored, estimated = event.extra.get("scored_at"), event.extra.get("estimated_error")
     if _number(scored) and _number(estimated):
-        return f"{sent};{float(scored)!r};{float(estimated)!r}"
+        return f"{sent};{scored!r};{estimated!r}"
     return sent
 
 

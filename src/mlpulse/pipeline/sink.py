@@ -187,8 +187,9 @@ class CsvSink:
                     before, last_id = last_id, entries[-1][0].decode()
                     keep = last_id
                     if self.observer is not None:
-                        await self.observer.observe(before, last_id, entries)
-                        keep = _earlier(last_id, self.observer.holds())
+                        await self._observe(before, last_id, entries)
+                        keep = _earlier(last_id, self.observer.holds()) \
+                            if self.observer is not None else last_id
                     await self._trim(keep)
                 elif draining:
                     return
@@ -208,6 +209,20 @@ class CsvSink:
                 log.warning("the sink is waiting (%s); retrying in %.1fs, and joins hold "
                             "their messages once the outbox is full", exc, delay)
                 await stopped_within(finish, delay)
+
+    async def _observe(self, before: str, last_id: str,
+                       entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        assert self.observer is not None
+        try:
+            await self.observer.observe(before, last_id, entries)
+        except WAITED_OUT:
+            raise
+        except Exception:
+            # A fault in the detector must not hold the log back: it is switched off, and
+            # the log goes on.
+            log.exception("the error-change detector failed and is switched off until "
+                          "the metric role restarts")
+            self.observer = None
 
     async def _write(self, f: IO[bytes],
                      entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
