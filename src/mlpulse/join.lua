@@ -13,10 +13,10 @@
 -- by_version, recent, version (mlpulse/keys.py). ARGV: the prefixes of the per-id done
 -- markers and the per-second windows, now, the TTLs, the histogram, the halves, the
 -- outbox bound, and the drift buckets' prefix, resolutions and lifetimes.
--- A y_pred half's meta is its send time, or "send time;scored at;estimated error" from a
--- model role that profiles its versions: then the label is also counted into the drift
--- buckets of the time the prediction was scored (mlpulse/drift.py), and only the send
--- time goes on to the log.
+-- A y_pred half from a model role that profiles its versions has two more elements, when
+-- it was scored and its estimated error; while it waits they are kept in its meta as
+-- "send time;scored;estimated". Its label is also counted into the drift buckets of the
+-- time it was scored (mlpulse/drift.py), and only the send time goes on to the log.
 local PENDING = {t = KEYS[1], p = KEYS[2]}
 local DEADLINE = {t = KEYS[3], p = KEYS[4]}
 local JOINED, AGG, HIST, HIST_META = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -49,22 +49,15 @@ local rows = {}
 local n, sum_abs, sum_sq, dup, conflict, max_err = 0, 0, 0, 0, 0, 0
 local bins, versions, labelled = {}, {}, {}
 
--- "ts;scored;est" -> ts, and the label counted into the buckets of `scored`. A model
--- batch shares one `scored`, so its buckets are looked up once, not once per event.
+-- A prediction's label is counted into the drift buckets of when it was scored. A model
+-- batch shares one scoring time, so its buckets are looked up once, not once per event.
 local seen_scored, seen_ver, seen_buckets = nil, nil, {}
-local function label_drift(meta, ver, err)
-  local a = string.find(meta, ";", 1, true)
-  if not a then return meta end
-  local b = string.find(meta, ";", a + 1, true)
-  local est = b and tonumber(string.sub(meta, b + 1))
-  if not est then return string.sub(meta, 1, a - 1) end
-  local scored_text = string.sub(meta, a + 1, b - 1)
-  if scored_text ~= seen_scored or ver ~= seen_ver then
-    seen_scored, seen_ver, seen_buckets = scored_text, ver, {}
-    local scored = tonumber(scored_text)
+local function label_drift(ver, scored, est, err)
+  if scored ~= seen_scored or ver ~= seen_ver then
+    seen_scored, seen_ver, seen_buckets = scored, ver, {}
     for _, r in ipairs(RES) do
       -- A label later than a bucket's lifetime has nothing left to count into.
-      if scored and now - scored < r[2] then
+      if now - scored < r[2] then
         local key = DRIFT .. ver .. ":" .. r[1] .. ":" .. (math.floor(scored / r[1]) * r[1])
         local l = labelled[key]
         if not l then l = {0, 0, 0, r[2]}; labelled[key] = l end
@@ -75,12 +68,21 @@ local function label_drift(meta, ver, err)
   for _, l in ipairs(seen_buckets) do
     l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est
   end
-  return string.sub(meta, 1, a - 1)
+end
+
+-- A waiting prediction's meta is "ts;scored;est": split it back.
+local function unpack_meta(meta)
+  local a = string.find(meta, ";", 1, true)
+  if not a then return meta, nil, nil end
+  local b = string.find(meta, ";", a + 1, true)
+  if not b then return string.sub(meta, 1, a - 1), nil, nil end
+  return string.sub(meta, 1, a - 1), tonumber(string.sub(meta, a + 1, b - 1)),
+      tonumber(string.sub(meta, b + 1))
 end
 
 for i = 1, #halves do
   local h = halves[i]
-  local side, id, value, version, meta = h[1], h[2], h[3], h[4], h[5]
+  local side, id, value, version, meta, scored, est = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
   local other = (side == "t") and "p" or "t"
   local done = redis.call("GET", DONE .. id)
   if done then
@@ -93,11 +95,12 @@ for i = 1, #halves do
       local pv, pver, pmeta = split(partner)
       redis.call("HDEL", PENDING[other], id)
       redis.call("ZREM", DEADLINE[other], id)
-      local t, p, tmeta, pmeta2, ver
+      local t, p, tmeta, pmeta2, ver, pscored, pest
       if side == "t" then
-        t, p, tmeta, pmeta2, ver = value, pv, meta, pmeta, pver
+        t, p, tmeta, ver = value, pv, meta, pver
+        pmeta2, pscored, pest = unpack_meta(pmeta)
       else
-        t, p, tmeta, pmeta2, ver = pv, value, pmeta, meta, version
+        t, p, tmeta, pmeta2, ver, pscored, pest = pv, value, pmeta, meta, version, scored, est
       end
       redis.call("SET", DONE .. id, t .. "\n" .. p, "EX", done_ttl)
       local err = math.abs(tonumber(t) - tonumber(p))
@@ -111,7 +114,7 @@ for i = 1, #halves do
       local v = versions[ver]
       if not v then v = {0, 0, 0}; versions[ver] = v end
       v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
-      pmeta2 = label_drift(pmeta2, ver, err)
+      if pscored and pest then label_drift(ver, pscored, pest, err) end
       rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
     else
       local mine = redis.call("HGET", PENDING[side], id)
@@ -119,6 +122,7 @@ for i = 1, #halves do
         local mv = split(mine)
         if mv == value then dup = dup + 1 else conflict = conflict + 1 end
       else
+        if scored and est then meta = meta .. ";" .. fmt(scored) .. ";" .. fmt(est) end
         redis.call("HSET", PENDING[side], id, value .. "\n" .. version .. "\n" .. meta)
         redis.call("ZADD", DEADLINE[side], now + join_ttl, id)
       end

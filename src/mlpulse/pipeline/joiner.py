@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any, TypeGuard
+from typing import Any
 
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
@@ -19,26 +19,15 @@ from mlpulse.wire import Y_TRUE, Event, Rejected, decode_frame, encode
 log = logging.getLogger(__name__)
 
 
+def _finite(value: Any) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
 def _send_time(event: Event) -> str:
     ts = event.extra.get("ts")
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return repr(float(ts))
     return ""
-
-
-def _number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-def _prediction_meta(event: Event) -> str:
-    """A y_pred's meta: its send time, and when it was scored with its estimated error
-    if a profiling model role sent it (join.lua counts the label into that bucket)."""
-    sent = _send_time(event)
-    scored, estimated = event.extra.get("scored_at"), event.extra.get("estimated_error")
-    if _number(scored) and _number(estimated):
-        return f"{sent};{scored!r};{estimated!r}"
-    return sent
 
 
 def _version(event: Event) -> str:
@@ -63,9 +52,16 @@ class Joiner:
             queue = msg.routing_key or ""
             side = "t" if queue == Y_TRUE else "p"
             events, bad = decode_frame(msg.body, numeric=True, max_bytes=self.max_bytes)
-            meta = _send_time if side == "t" else _prediction_meta
             for e in events:
-                halves.append([side, e.id, repr(e.body), _version(e), meta(e)])
+                half: list[Any] = [side, e.id, repr(e.body), _version(e), _send_time(e)]
+                if side == "p":
+                    # From a profiling model role: when it was scored and its estimated
+                    # error, for join.lua to count the label into that drift bucket.
+                    scored = e.extra.get("scored_at")
+                    estimated = e.extra.get("estimated_error")
+                    if _finite(scored) and _finite(estimated):
+                        half += (scored, estimated)
+                halves.append(half)
             if bad:
                 rejected.setdefault(queue, []).extend(bad)
         if halves:

@@ -13,6 +13,7 @@ import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
+from threadpoolctl import threadpool_limits
 
 from mlpulse import keys
 from mlpulse.broker import BatchConsumer, consume_until_stopped, dead_letter, publish_many
@@ -180,6 +181,9 @@ def _prediction(event: Event, value: float | None, version: str | None,
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the model role until `stop` is set, reconnecting after a broker outage."""
+    # The error estimator's OpenMP regions are short, and idle OpenMP threads spin: on
+    # one thread it costs less CPU and leaves the rest to the other roles on the machine.
+    threadpool_limits(1, user_api="openmp")
     async with contextlib.AsyncExitStack() as stack:
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
