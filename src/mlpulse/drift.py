@@ -98,8 +98,13 @@ def column_profile(name: str, values: NDArray[np.float64], bins: int) -> dict[st
     idx = np.searchsorted(edges, values, side="left")
     counts = np.bincount(idx, minlength=len(edges) + 1)
     sums = np.bincount(idx, weights=values, minlength=len(edges) + 1)
+    # An interpolated quantile can leave a bin with no training value: its point is the
+    # middle of its bounds, so the points stay in order.
+    bounds = np.concatenate([[values.min()], edges, [top]])
+    middles = (bounds[:-1] + bounds[1:]) / 2
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), middles)
     return {"name": name, "edges": edges.tolist(), "counts": counts.tolist(),
-            "means": (sums / np.maximum(counts, 1)).tolist(),
+            "means": means.tolist(),
             "mean": float(values.mean()), "std": float(values.std()),
             "min": float(values.min()), "max": top}
 

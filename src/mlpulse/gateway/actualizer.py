@@ -95,17 +95,30 @@ class Actualizer:
             fresh = await build_snapshot(self.redis, now)
             if "drift" in self.snapshot:
                 fresh["drift"] = self.snapshot["drift"]
-            self.version, self.built_at = version, now
         if drift_due and self.drift is not None:
-            fresh["drift"] = await self.drift.live(now)
             self.drift_at = now
+            drift = await self._drift(now)
+            if drift is not None:
+                fresh["drift"] = drift
         changed = {k: v for k, v in fresh.items() if self.snapshot.get(k) != v}
         if moved and not quiet:
             changed["version"] = int(version or 0)
+        if not quiet:
+            self.version, self.built_at = version, now
         self.snapshot = fresh
         if changed:
             self.hub.broadcast(envelope("snapshot", changed))
         return changed
+
+    async def _drift(self, now: float) -> dict[str, Any] | None:
+        """The drift section, or None (the last one stays) if it cannot be built now: the
+        rest of the dashboard does not wait for it."""
+        assert self.drift is not None
+        try:
+            return await self.drift.live(now)
+        except Exception as exc:  # a Redis timeout, a profile that is not what it claims
+            log.warning("drift not refreshed: %r", exc)
+            return None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the snapshot fresh until `stop`; Redis hiccups are retried."""

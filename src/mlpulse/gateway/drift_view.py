@@ -74,8 +74,9 @@ class DriftView:
         found: Reference | str
         try:
             found = Reference.from_doc(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            found = f"model {version}: {path.name} is unreadable ({exc}); drift is unavailable"
+        except Exception as exc:  # any damage: not JSON, not an object, wrong fields
+            found = f"model {version}: {path.name} is unreadable ({exc!r}); drift is " \
+                "unavailable"
             log.error("%s", found)
         self._profiles[version] = (stamp, found)
         return found

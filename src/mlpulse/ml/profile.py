@@ -104,6 +104,12 @@ def build(estimator: Any, data: Dataset, bins: int = DEFAULT_BINS,
     return doc, errors
 
 
+def discard(models_dir: Path, number: int) -> None:
+    """Remove what a run that stopped before registering version `number` left."""
+    for path in (profile_path(models_dir, number), estimator_path(models_dir, number)):
+        path.unlink(missing_ok=True)
+
+
 def save(models_dir: Path, number: int, doc: dict[str, Any], errors: Any) -> None:
     """Write the estimator, then the profile, each atomically: a profile names a whole pair."""
     text = json.dumps(doc, indent=1)
@@ -139,8 +145,8 @@ def load(models_dir: Path, number: int, n_features: int) -> Profiled:
         reference = Reference.from_doc(json.loads(path.read_text()))
     except FileNotFoundError:
         raise ProfileError(f"model v{number} has no reference profile ({path.name})") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ProfileError(f"model v{number}: {path.name} is unreadable: {exc}") from None
+    except Exception as exc:  # any damage: not JSON, not an object, wrong fields
+        raise ProfileError(f"model v{number}: {path.name} is unreadable: {exc!r}") from None
     if len(reference.features) != n_features:
         raise ProfileError(f"model v{number}: the profile has {len(reference.features)} "
                            f"features, the model takes {n_features}")

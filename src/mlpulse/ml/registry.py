@@ -106,6 +106,8 @@ def _save_next(models_dir: Path, estimator: Any, data: Dataset, holdout_mae: flo
     try:
         doc, errors = profile.build(estimator, data)
     except profile.ProfileError as exc:
+        # A profile left by an earlier try at this number belongs to another model.
+        profile.discard(models_dir, number)
         log.warning("model v%d has no reference profile, so no drift: %s", number, exc)
     else:
         profile.save(models_dir, number, doc, errors)

@@ -6,20 +6,24 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TypeGuard
 
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 
 from mlpulse.broker import dead_letter
 from mlpulse.config import Settings
+from mlpulse.drift import lifetimes as drift_lifetimes
 from mlpulse.store import JoinStore, Redis, count_rejected
-from mlpulse.wire import Y_TRUE, Event, Rejected, decode_frame, encode
+from mlpulse.wire import MAX_ABS_VALUE, Y_TRUE, Event, Rejected, decode_frame, encode
 
 log = logging.getLogger(__name__)
 
+# Seconds a model host's clock may run ahead of the metric role's.
+CLOCK_SKEW = 60.0
 
-def _finite(value: Any) -> bool:
+
+def _finite(value: Any) -> TypeGuard[float]:
     return type(value) is float and math.isfinite(value)
 
 
@@ -43,11 +47,16 @@ class Joiner:
         self.redis = redis
         self.store = JoinStore(redis, settings)
         self.max_bytes = settings.max_message_bytes
+        self.drift_lifetime = drift_lifetimes(settings)[3]
 
     async def handle(self, batch: list[DeliveredMessage]) -> None:
         """Store or complete every half in the batch, then dead-letter what was bad."""
         halves: list[list[Any]] = []
         rejected: dict[str, list[Rejected]] = {}
+        now = time.time()
+        # A scoring time outside the buckets' lifetime (or in the future) has no bucket to
+        # count into; a foreign y_pred can carry anything, and memory stays bounded.
+        oldest, newest = now - self.drift_lifetime, now + CLOCK_SKEW
         for msg in batch:
             queue = msg.routing_key or ""
             side = "t" if queue == Y_TRUE else "p"
@@ -59,13 +68,14 @@ class Joiner:
                     # error, for join.lua to count the label into that drift bucket.
                     scored = e.extra.get("scored_at")
                     estimated = e.extra.get("estimated_error")
-                    if _finite(scored) and _finite(estimated):
+                    if _finite(scored) and _finite(estimated) \
+                            and oldest < scored <= newest and 0 <= estimated <= MAX_ABS_VALUE:
                         half += (scored, estimated)
                 halves.append(half)
             if bad:
                 rejected.setdefault(queue, []).extend(bad)
         if halves:
-            outcome = await self.store.join(encode(halves), time.time())
+            outcome = await self.store.join(encode(halves), now)
             if outcome.duplicates or outcome.conflicts:
                 log.info("batch of %d halves: %d joined, %d duplicates, %d conflicts",
                          len(halves), outcome.joined, outcome.duplicates, outcome.conflicts)

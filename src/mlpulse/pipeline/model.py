@@ -13,6 +13,7 @@ import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
+from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from mlpulse import keys
@@ -97,26 +98,45 @@ class Predictor:
                 events = [e for e, ok in zip(events, usable.tolist(), strict=True) if ok]
                 X, y = X[usable], y[usable]
             now = time.time()
-            if profiled is None:
+            if profiled is None or not len(y):
                 out = [_prediction(e, p, model.version)
                        for e, p in zip(events, y.tolist(), strict=True)]
             else:
                 # Each prediction carries when it was scored and its estimated error, so
                 # the join can count its label into the same drift bucket.
-                estimated = profiled.estimate(X, y)
-                out = [_prediction(e, p, model.version, now, est) for e, p, est
-                       in zip(events, y.tolist(), estimated.tolist(), strict=True)]
-            if profiled is not None and len(y):
-                # Before the publish, so a label never counts into a bucket before its
-                # prediction does; a batch redone after a failure from here on is counted
-                # twice (drift counts are at least once), never left out.
-                ints, floats = profiled.reference.batch_fields(X, y, estimated)
-                await self.drift.record(model.version, ints, floats, now)
+                drifted = self._drift_fields(model, profiled, X, y)
+                if drifted is None:
+                    out = [_prediction(e, p, model.version)
+                           for e, p in zip(events, y.tolist(), strict=True)]
+                else:
+                    estimated, ints, floats = drifted
+                    out = [_prediction(e, p, model.version, now, est) for e, p, est
+                           in zip(events, y.tolist(), estimated.tolist(), strict=True)]
+                    # Before the publish, so a label never counts into a bucket before
+                    # its prediction does; a batch redone after a failure from here on is
+                    # counted twice (drift counts are at least once), never left out.
+                    await self.drift.record(model.version, ints, floats, now)
             frames = (encode(out[i:i + FRAME_EVENTS]) for i in range(0, len(out), FRAME_EVENTS))
             await publish_many(self.channel, Y_PRED, frames)
         if rejected:
             await dead_letter(self.channel, FEATURES, rejected)
             await count_rejected(self.redis, Counter(r.code for r in rejected))
+
+    def _drift_fields(self, model: LoadedModel, profiled: Profiled, X: NDArray[np.float64],
+                      y: NDArray[np.float64]) -> tuple[NDArray[np.float64], list[Any],
+                                                       list[Any]] | None:
+        """Estimated errors and bin counts of a batch; None, with drift switched off for
+        the version, if its profile fails on real data (predictions go on)."""
+        try:
+            estimated = profiled.estimate(X, y)
+            ints, floats = profiled.reference.batch_fields(X, y, estimated)
+        except Exception as exc:  # an estimator that loaded but cannot predict, say
+            log.error("drift is unavailable for %s from now on: its profile failed on a "
+                      "batch: %r; predictions go on", model.version, exc)
+            if self.model is model:
+                self.profiled = None
+            return None
+        return estimated, ints, floats
 
     async def follow_registry(self, stop: asyncio.Event) -> None:
         """Swap in a newer model version as soon as one is registered, without a restart."""
@@ -172,10 +192,13 @@ def _prediction(event: Event, value: float | None, version: str | None,
     doc = dict(event.extra)
     if value is None:
         doc.update(id=event.raw_id, body=event.body)
-    else:
-        doc.update(id=event.raw_id, body=value, model_version=version)
-        if scored is not None:
-            doc.update(scored_at=scored, estimated_error=estimated)
+        return doc
+    doc.update(id=event.raw_id, body=value, model_version=version)
+    if scored is not None:
+        doc.update(scored_at=scored, estimated_error=estimated)
+    else:  # what a features message says of these is not this model role's word
+        doc.pop("scored_at", None)
+        doc.pop("estimated_error", None)
     return doc
 
 

@@ -42,6 +42,8 @@ HEADER = ("id", "y_true", "y_pred", "absolute_error", "model_version",
 _TAIL_BYTES = 1 << 20
 _POS = re.compile(r"^(\d+-\d+):(\d+)$")
 PROBLEM = "metric log"
+# Seconds the change detector may fail to save before it is switched off.
+OBSERVER_PATIENCE = 60.0
 
 
 class ForeignLog(MlpulseError):
@@ -97,7 +99,9 @@ def format_rows(entry: str, fields: dict[bytes, bytes], skip_through: int, now: 
     for index, (rid, t, p, version, t_ts, p_ts) in enumerate(orjson.loads(fields[b"rows"])):
         if index <= skip_through:
             continue
-        sent = [float(x) for x in (t_ts, p_ts) if x]
+        # A send time is a number; a prediction's meta written by a newer joiner may
+        # carry more after a ";" (its drift bucket), which is not the log's.
+        sent = [float(x.partition(";")[0]) for x in (t_ts, p_ts) if x and x[0] != ";"]
         writer.writerow((
             rid, t, p, repr(abs(float(t) - float(p))), version,
             f"{min(sent):.6f}" if sent else "", joined_at, logged_at, f"{entry}:{index}",
@@ -113,6 +117,7 @@ class CsvSink:
         self.redis = redis
         # Sees every entry once its rows are on disk, and holds back the trim until then.
         self.observer = observer
+        self._observer_failing: float | None = None
 
     async def run(self, finish: asyncio.Event) -> None:
         """Copy rows until `finish` is set and the outbox is drained."""
@@ -171,6 +176,8 @@ class CsvSink:
         # After a restart, the entry of the last row written may have rows left after it.
         resume = pos
         last_id = pos[0] if pos else "0-0"
+        # Written but not yet observed and trimmed: (the entry before them, the entries).
+        unsettled: tuple[str | None, list[Any]] | None = None
         backoff = Backoff()
         while True:
             draining = finish.is_set()
@@ -185,13 +192,13 @@ class CsvSink:
                 if entries:
                     await self._write(f, [(e, flds, -1) for e, flds in entries])
                     before, last_id = last_id, entries[-1][0].decode()
-                    keep = last_id
-                    if self.observer is not None:
-                        await self._observe(before, last_id, entries)
-                        keep = _earlier(last_id, self.observer.holds()) \
-                            if self.observer is not None else last_id
-                    await self._trim(keep)
-                elif draining:
+                    unsettled = (before, entries)
+                if unsettled is not None:
+                    # Observed and trimmed through `last_id`; tried again on every pass
+                    # until it is, new entries or not, so a full outbox always drains.
+                    await self._settle(last_id, *unsettled)
+                    unsettled = None
+                if not entries and draining:
                     return
                 backoff.reset()
             except WAITED_OUT as exc:
@@ -210,13 +217,32 @@ class CsvSink:
                             "their messages once the outbox is full", exc, delay)
                 await stopped_within(finish, delay)
 
-    async def _observe(self, before: str, last_id: str,
+    async def _settle(self, last_id: str, before: str | None,
+                      entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        """Let the observer see the entries written, then trim what both are done with."""
+        keep = last_id
+        if self.observer is not None:
+            await self._observe(before, last_id, entries)
+            if self.observer is not None:
+                keep = _earlier(last_id, self.observer.holds())
+        await self._trim(keep)
+
+    async def _observe(self, before: str | None, last_id: str,
                        entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         assert self.observer is not None
         try:
             await self.observer.observe(before, last_id, entries)
+            self._observer_failing = None
         except WAITED_OUT:
-            raise
+            # The observer holds the trim back while it cannot save; not for long, or
+            # the outbox would fill and stop the joins.
+            now = time.monotonic()
+            self._observer_failing = self._observer_failing or now
+            if now - self._observer_failing < OBSERVER_PATIENCE:
+                raise
+            log.error("the error-change detector could not save its state for %.0f s; it "
+                      "is switched off until the metric role restarts", OBSERVER_PATIENCE)
+            self.observer = None
         except Exception:
             # A fault in the detector must not hold the log back: it is switched off, and
             # the log goes on.
