@@ -34,8 +34,8 @@ from tests.nodes import RabbitNode, RedisNode
 VHOST = os.environ.get("MLPULSE_TEST_VHOST", "mlpulse-test")
 REDIS_DB = int(os.environ.get("MLPULSE_TEST_REDIS_DB", "15"))
 QUEUES = ("features", "y_true", "y_pred", "mlpulse.dead")
-# Deleted before each test as well: Celery's queue, there once a worker has run.
-CLEARED = (*QUEUES, "mlpulse.tasks")
+# Deleted before each test as well: Celery's queues, there once a worker has run.
+CLEARED = (*QUEUES, "mlpulse.tasks", "mlpulse.alerts")
 
 
 def _ensure_vhost() -> str:

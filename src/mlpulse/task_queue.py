@@ -17,11 +17,18 @@ from typing import Any
 
 import orjson
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from mlpulse import keys
 from mlpulse.config import Settings
 
 TASK_QUEUE = "mlpulse.tasks"
+# Alert notifications have a queue of their own, so one is never queued behind a backlog of
+# batch-scoring chunks (it waits at most for a pool process to finish its current task);
+# every worker consumes both queues.
+ALERTS_QUEUE = "mlpulse.alerts"
+# Takes one notification (mlpulse.alerts.webhooks.notification) and POSTs it, at least once.
+DELIVER_TASK = "mlpulse.alerts.deliver"
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 RECORD_TTL = 7 * 86400
 
@@ -62,6 +69,8 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         task_time_limit=settings.task_hard_limit,
         task_track_started=True,
         task_default_queue=TASK_QUEUE,
+        task_queues=[_queue(TASK_QUEUE), _queue(ALERTS_QUEUE)],
+        task_routes={DELIVER_TASK: {"queue": ALERTS_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         result_expires=RECORD_TTL,
@@ -69,6 +78,13 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         beat_schedule=schedule,
     )
     return app
+
+
+def _queue(name: str) -> Queue:
+    # Declared as Celery declares a default queue (a direct exchange of the same name), so
+    # a queue made before this declaration existed is the same queue.
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def is_task_id(text: str) -> bool:

@@ -7,4 +7,4 @@ from mlpulse.task_queue import make_celery
 
 settings = load_settings()
 app = make_celery(settings, include=["mlpulse.tasks.jobs", "mlpulse.tasks.telemetry",
-                                     "mlpulse.tasks.retention"])
+                                     "mlpulse.tasks.retention", "mlpulse.tasks.alerts"])
