@@ -67,7 +67,7 @@ def test_compose_agrees_with_the_cli_settings_and_image() -> None:
     doc = _compose()
     services = _ours()
     assert set(services) == {"model", "metric", "plot", "gateway", "worker", "beat",
-                             "producer"}
+                             "alerts", "producer"}
     assert doc["services"]["rabbitmq"]["image"] == "rabbitmq:3-management"
     assert "15672:15672" in doc["services"]["rabbitmq"]["ports"]
     assert "--appendonly" in doc["services"]["redis"]["command"]

@@ -28,7 +28,7 @@ from tests.pipeline.test_crash import (
 )
 
 ROLES = ("model", "metric", "plot")
-UP_ROLES = (*ROLES, "gateway", "worker", "beat")
+UP_ROLES = (*ROLES, "gateway", "worker", "beat", "alerts")
 # A role must be gone this soon after SIGTERM, even with a stream flowing.
 STOP_BOUND = 20.0
 # The plot role redraws this often in these tests, so a SIGTERM can land mid-drawing.

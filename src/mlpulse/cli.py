@@ -42,6 +42,11 @@ def _role(name: str, ctx: click.Context) -> None:
         from mlpulse.pipeline.metric import serve
     elif name == "gateway":
         from mlpulse.gateway.server import serve
+    elif name == "alerts":
+        from mlpulse.alerts.role import serve
+        from mlpulse.alerts.rules import load_rules
+
+        load_rules(settings.alert_rules, settings.drift_keep)  # a bad file stops it here
     else:
         from mlpulse.pipeline.plotter import serve
     run_role(name, serve, settings)
@@ -59,6 +64,13 @@ def model(ctx: click.Context) -> None:
 def metric(ctx: click.Context) -> None:
     """Join y_true with y_pred, log errors to the CSV, keep live aggregates."""
     _role("metric", ctx)
+
+
+@cli.command()
+@click.pass_context
+def alerts(ctx: click.Context) -> None:
+    """Evaluate the alert rules (MLPULSE_ALERT_RULES) and send what fires and resolves."""
+    _role("alerts", ctx)
 
 
 @cli.command()
@@ -333,10 +345,10 @@ def dead_purge(ctx: click.Context) -> None:
     click.echo(f"{asyncio.run(purge(_settings(ctx.find_root())))} dropped")
 
 
-PIPELINE_ROLES = ("model", "metric", "plot", "gateway", "worker", "beat")
+PIPELINE_ROLES = ("model", "metric", "plot", "gateway", "worker", "beat", "alerts")
 # Several gateways would share one port (scale those behind a load balancer instead), and
-# several Beats would run every schedule twice.
-SCALABLE_ROLES = ("model", "metric", "plot", "worker")
+# several Beats would run every schedule twice. A second alerts process is a standby.
+SCALABLE_ROLES = ("model", "metric", "plot", "worker", "alerts")
 
 
 def _parse_scale(text: str) -> dict[str, int]:

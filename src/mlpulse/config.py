@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     drift_wasserstein_drift: float = Field(0.25, gt=0)
     drift_min_events: int = Field(1000, ge=1)
 
+    # Alerts: the rules file (unset: the shipped defaults), how often the rules are
+    # evaluated, and how long an evaluator's lease lasts before a standby takes over.
+    alert_rules: Path | None = None
+    alert_interval: float = Field(5.0, gt=0)
+    alert_lease: float = Field(15.0, gt=0)
+    # Where a webhook's generatorURL points: the dashboard as people reach it.
+    public_url: str = "http://localhost:8080"
+
     # Failure paths: a stop finishes within this bound whatever the backends do, and a
     # lost broker or Redis is tried again at least this often.
     stop_timeout: float = Field(10.0, gt=0)

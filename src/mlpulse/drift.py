@@ -18,10 +18,13 @@ Fine buckets (10 s) serve windows up to 10 minutes, coarse ones (60 s) longer wi
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ from mlpulse.config import Settings
 from mlpulse.keys import DRIFT, DRIFT_VERSIONS
 
 Redis = aioredis.Redis
+log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
 # Added to every bin's count, current and reference, before PSI: an empty bin then costs
@@ -259,6 +263,38 @@ def report(ref: Reference, total: dict[str, float], thresholds: Thresholds) -> d
         "labelled": int(labelled),
         "reference_mae": ref.reference_mae,
     }
+
+
+class Profiles:
+    """Versions' references read from the models directory as JSON, each kept while its
+    file is unchanged; a version without a usable one gets the reason instead."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+        self._cache: dict[str, tuple[float, Reference | str]] = {}
+
+    def get(self, version: str) -> Reference | str:
+        digits = version[1:] if version.startswith("v") else ""
+        if not digits.isdigit():
+            return f"{version!r} is not a version of the registry"
+        path = self.models_dir / f"model-v{digits}.profile.json"
+        try:
+            stamp = path.stat().st_mtime
+        except FileNotFoundError:
+            return (f"model {version} has no reference profile ({path.name}); "
+                    "drift is unavailable for it")
+        cached = self._cache.get(version)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found: Reference | str
+        try:
+            found = Reference.from_doc(json.loads(path.read_text()))
+        except Exception as exc:  # any damage: not JSON, not an object, wrong fields
+            found = f"model {version}: {path.name} is unreadable ({exc!r}); drift is " \
+                "unavailable"
+            log.error("%s", found)
+        self._cache[version] = (stamp, found)
+        return found
 
 
 def unavailable(features: Iterable[str], reason: str) -> dict[str, Any]:

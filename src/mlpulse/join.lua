@@ -12,7 +12,8 @@
 -- KEYS: pending:t, pending:p, deadline:t, deadline:p, joined, agg, hist, hist:meta,
 -- by_version, recent, version (mlpulse/keys.py). ARGV: the prefixes of the per-id done
 -- markers and the per-second windows, now, the TTLs, the histogram, the halves, the
--- outbox bound, and the drift buckets' prefix, resolutions and lifetimes.
+-- outbox bound, the drift buckets' prefix, resolutions and lifetimes, and the prefix and
+-- lifetime of the per-minute rate counts.
 -- A y_pred half from a model role that profiles its versions has two more elements, when
 -- it was scored and its estimated error; while it waits they are kept in its meta as
 -- "send time;scored;estimated". Its label is also counted into the drift buckets of the
@@ -30,6 +31,14 @@ local nbins = tonumber(ARGV[7])
 local outbox_max, outbox_max_bytes = tonumber(ARGV[9]), tonumber(ARGV[10])
 local DRIFT = ARGV[11]
 local RES = {{tonumber(ARGV[12]), tonumber(ARGV[13])}, {tonumber(ARGV[14]), tonumber(ARGV[15])}}
+local RATES, rates_ttl = ARGV[16], tonumber(ARGV[17])
+-- Upper bounds, in seconds, of the label-delay bins (the last bin is open above).
+local DELAYS = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200,
+                21600, 86400, 604800}
+local function delay_bin(d)
+  for k = 1, #DELAYS do if d <= DELAYS[k] then return k - 1 end end
+  return #DELAYS
+end
 
 if redis.call("XLEN", JOINED) > outbox_max
     or (redis.call("MEMORY", "USAGE", JOINED) or 0) > outbox_max_bytes then
@@ -51,22 +60,27 @@ local bins, versions, labelled = {}, {}, {}
 
 -- A prediction's label is counted into the drift buckets of when it was scored. A model
 -- batch shares one scoring time, so its buckets are looked up once, not once per event.
-local seen_scored, seen_ver, seen_buckets = nil, nil, {}
-local function label_drift(ver, scored, est, err)
+-- Each bucket also gets the labelled errors' squares and histogram, and the label delays'
+-- histogram, for the alert rules' rmse, p95 and label_delay_p95 per version.
+local seen_scored, seen_ver, seen_buckets, seen_delay = nil, nil, {}, 0
+local function label_drift(ver, scored, est, err, bin)
   if scored ~= seen_scored or ver ~= seen_ver then
     seen_scored, seen_ver, seen_buckets = scored, ver, {}
+    seen_delay = delay_bin(now - scored)
     for _, r in ipairs(RES) do
       -- A label later than a bucket's lifetime has nothing left to count into.
       if now - scored < r[2] then
         local key = DRIFT .. ver .. ":" .. r[1] .. ":" .. (math.floor(scored / r[1]) * r[1])
         local l = labelled[key]
-        if not l then l = {0, 0, 0, r[2]}; labelled[key] = l end
+        if not l then l = {0, 0, 0, r[2], 0, {}, {}}; labelled[key] = l end
         seen_buckets[#seen_buckets + 1] = l
       end
     end
   end
   for _, l in ipairs(seen_buckets) do
-    l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est
+    l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est; l[5] = l[5] + err * err
+    l[6][bin] = (l[6][bin] or 0) + 1
+    l[7][seen_delay] = (l[7][seen_delay] or 0) + 1
   end
 end
 
@@ -114,7 +128,7 @@ for i = 1, #halves do
       local v = versions[ver]
       if not v then v = {0, 0, 0}; versions[ver] = v end
       v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
-      if pscored and pest then label_drift(ver, pscored, pest, err) end
+      if pscored and pest then label_drift(ver, pscored, pest, err, b) end
       rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
     else
       local mine = redis.call("HGET", PENDING[side], id)
@@ -162,7 +176,15 @@ for key, l in pairs(labelled) do
   redis.call("HINCRBY", key, "ln", l[1])
   redis.call("HINCRBYFLOAT", key, "lerr", fmt(l[2]))
   redis.call("HINCRBYFLOAT", key, "lest", fmt(l[3]))
+  redis.call("HINCRBYFLOAT", key, "lsq", fmt(l[5]))
+  for bin, c in pairs(l[6]) do redis.call("HINCRBY", key, "lh" .. bin, c) end
+  for bin, c in pairs(l[7]) do redis.call("HINCRBY", key, "ld" .. bin, c) end
   redis.call("EXPIRE", key, l[4], "NX")
+end
+if n > 0 then
+  local rates = RATES .. (math.floor(now / 60) * 60)
+  redis.call("HINCRBY", rates, "joined", n)
+  redis.call("EXPIRE", rates, rates_ttl)
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
 if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end

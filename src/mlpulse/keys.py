@@ -46,6 +46,9 @@ SWEEP_KEYS = (pending("t"), pending("p"), deadline("t"), deadline("p"), AGG, VER
 DRIFT = PREFIX + "drift:"
 DRIFT_VERSIONS = PREFIX + "drift:versions"
 CHANGES_STATE = PREFIX + "changes:state"
+# Per-minute counts of joined pairs, expired halves and rejected messages (alert rates).
+RATES = PREFIX + "rates:"
+RATES_TTL = 25 * 3600
 CHANGES = PREFIX + "changes:"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +24,8 @@ from mlpulse.keys import (
     HIST,
     HIST_META,
     JOIN_KEYS,
+    RATES,
+    RATES_TTL,
     RECENT,
     SECOND,
     SWEEP_KEYS,
@@ -104,7 +107,7 @@ class JoinStore:
                 keys=JOIN_KEYS,
                 args=[DONE, SECOND, repr(now), repr(s.join_ttl), repr(s.done_ttl),
                       repr(s.hist_bin_width), s.hist_bins, halves_json, OUTBOX_MAX,
-                      OUTBOX_MAX_BYTES, DRIFT, *self.drift_lifetimes],
+                      OUTBOX_MAX_BYTES, DRIFT, *self.drift_lifetimes, RATES, RATES_TTL],
             )
         except redis.exceptions.ResponseError as exc:
             waiting = refusal(exc)
@@ -119,7 +122,8 @@ class JoinStore:
     async def sweep(self, now: float, limit: int = 5000) -> int:
         """Drop pending halves past their deadline, counting them as unmatched."""
         try:
-            return int(await self._sweep(keys=SWEEP_KEYS, args=[repr(now), limit]))
+            return int(await self._sweep(keys=SWEEP_KEYS,
+                                         args=[repr(now), limit, RATES, RATES_TTL]))
         except redis.exceptions.ResponseError as exc:
             waiting = refusal(exc)
             if waiting is None:
@@ -133,6 +137,9 @@ async def count_rejected(client: Redis, codes: Counter[str]) -> None:
         return
     pipe = client.pipeline(transaction=True)
     pipe.hincrby(AGG, "rejected", sum(codes.values()))
+    minute = f"{RATES}{int(time.time() // 60) * 60}"
+    pipe.hincrby(minute, "rejected", sum(codes.values()))
+    pipe.expire(minute, RATES_TTL)
     for code, n in codes.items():
         pipe.hincrby(AGG, f"rejected:{code}", n)
     pipe.incr(VERSION)

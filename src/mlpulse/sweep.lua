@@ -1,5 +1,6 @@
 -- Expire pending halves whose partner did not arrive in time and count them as unmatched.
 -- KEYS: pending:t, pending:p, deadline:t, deadline:p, agg, version (mlpulse/keys.py).
+-- ARGV: now, the most to expire, and the prefix and lifetime of the per-minute rates.
 local PENDING = {t = KEYS[1], p = KEYS[2]}
 local DEADLINE = {t = KEYS[3], p = KEYS[4]}
 local AGG, VERSION = KEYS[5], KEYS[6]
@@ -15,5 +16,10 @@ for _, side in ipairs({"t", "p"}) do
     total = total + #ids
   end
 end
-if total > 0 then redis.call("INCR", VERSION) end
+if total > 0 then
+  redis.call("INCR", VERSION)
+  local rates = ARGV[3] .. (math.floor(now / 60) * 60)
+  redis.call("HINCRBY", rates, "unmatched", total)
+  redis.call("EXPIRE", rates, tonumber(ARGV[4]))
+end
 return total

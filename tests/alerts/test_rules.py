@@ -81,8 +81,10 @@ def test_bad_op_is_one_line_naming_rule_and_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("changes", "field", "says"), [
     ({"metric": "accuracy"}, "metric", "must be one of mae, rmse, p95"),
     ({"severity": "page"}, "severity", "must be one of info, warning, critical"),
-    ({"window": 5}, "window", "must be 10 to 86400 seconds"),
-    ({"window": 90000}, "window", "must be 10 to 86400 seconds"),
+    ({"metric": "unmatched_rate", "window": 5}, "window", "must be 10 to 86400 seconds"),
+    ({"metric": "unmatched_rate", "window": 90000}, "window",
+     "must be 10 to 86400 seconds"),
+    ({"window": 7200}, "window", "(mae is kept for 3600 s)"),
     ({"window": 30.5}, "window", "fractional part"),
     ({"window": True}, "window", "must be a number, not True"),
     ({"metric": "psi", "window": 7200}, "window", "(psi is kept for 3600 s)"),
@@ -207,8 +209,9 @@ def test_max_window_is_the_loaders_to_set(tmp_path: Path) -> None:
     assert _load(tmp_path, {"rules": [rule]}, max_window=7200).rules[0].window == 7200
     with pytest.raises(ConfigError, match=r"window: must be 10 to 1800 seconds"):
         _load(tmp_path, {"rules": [rule | {"window": 3600}]}, max_window=1800)
-    # Only drift metrics are bound by it: the others are computed from kept counters.
-    assert parse_rule(_rule(window=7200), max_window=600).window == 7200
+    # Only metrics of the drift buckets are bound by it: the rates have counts of their own.
+    assert parse_rule(_rule(metric="rejected_rate", window=7200),
+                      max_window=600).window == 7200
 
 
 def test_receivers_and_secret_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,6 +232,7 @@ def test_receivers_and_secret_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_describe_serves_the_api_too() -> None:
     with pytest.raises(ValidationError) as caught:
-        parse_rule({"name": "A", "metric": "mae", "op": ">", "threshold": 1, "window": 1})
+        parse_rule({"name": "A", "metric": "unmatched_rate", "op": ">", "threshold": 1,
+                    "window": 1})
     assert describe(caught.value, 'rule "A"') == (
         'rule "A": window: must be 10 to 86400 seconds (got 1)')

@@ -169,6 +169,8 @@ async def test_the_join_store_still_counts_labels_for_a_waiting_prediction(
     await store.join(orjson.dumps([["t", "a", "1.0", "", ""]]), now)
     fine = f"mlpulse:drift:v1:10:{int(now // 10) * 10}"
     got = {k.decode(): float(v) for k, v in (await client.hgetall(fine)).items()}
-    assert got == {"ln": 1.0, "lerr": 2.0, "lest": 7.0}
+    # Count, error, estimate, squared error, the error's histogram bin (width 5) and the
+    # label delay's bin (under 0.1 s).
+    assert got == {"ln": 1.0, "lerr": 2.0, "lest": 7.0, "lsq": 4.0, "lh0": 1.0, "ld0": 1.0}
     entry = (await client.xrange(JOINED))[0][1]
     assert orjson.loads(entry[b"rows"])[0][5] == "99.5"  # only the send time goes on

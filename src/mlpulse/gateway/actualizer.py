@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from mlpulse.gateway.alerts_view import AlertsView
 from mlpulse.gateway.drift_view import DriftView
 from mlpulse.gateway.hub import Hub
 from mlpulse.keys import VERSION
@@ -60,7 +61,8 @@ class Actualizer:
 
     def __init__(self, redis: Redis, hub: Hub, *, poll: float = 0.25,
                  min_interval: float = 1.0, refresh: float = 2.0,
-                 drift: DriftView | None = None, drift_refresh: float = DRIFT_REFRESH) -> None:
+                 drift: DriftView | None = None, drift_refresh: float = DRIFT_REFRESH,
+                 alerts: AlertsView | None = None) -> None:
         self.redis = redis
         self.hub = hub
         # Drift is read from its buckets on its own, slower clock: it moves with time and
@@ -68,6 +70,8 @@ class Actualizer:
         self.drift = drift
         self.drift_refresh = drift_refresh
         self.drift_at = 0.0
+        # Alerts change on the evaluator's clock: read with drift, every few seconds.
+        self.alerts = alerts
         self.poll = poll
         self.min_interval = min_interval
         self.refresh = refresh
@@ -93,13 +97,16 @@ class Actualizer:
             fresh = dict(self.snapshot)
         else:
             fresh = await build_snapshot(self.redis, now)
-            if "drift" in self.snapshot:
-                fresh["drift"] = self.snapshot["drift"]
+            for kept in ("drift", "alerts"):
+                if kept in self.snapshot:
+                    fresh[kept] = self.snapshot[kept]
         if drift_due and self.drift is not None:
             self.drift_at = now
             drift = await self._drift(now)
             if drift is not None:
                 fresh["drift"] = drift
+            if self.alerts is not None:
+                fresh["alerts"] = await self.alerts.live()
         changed = {k: v for k, v in fresh.items() if self.snapshot.get(k) != v}
         if moved and not quiet:
             changed["version"] = int(version or 0)

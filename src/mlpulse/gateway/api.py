@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mlpulse.alerts.evaluator import read_alerts
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.gateway.auth import AuthError
 from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
@@ -100,6 +101,14 @@ async def drift(user: CurrentUser, gw: GatewayDep, window: int = 300,
     if model_version is not None and not view.registered(model_version):
         raise HTTPException(404, f"no model version {model_version!r} in the registry")
     return await view.window(model_version, window)
+
+
+@router.get("/api/alerts", tags=["api"])
+async def alerts(user: CurrentUser, gw: GatewayDep, limit: int = 100) -> dict[str, Any]:
+    """Alerts firing and pending now, and the latest transitions, newest first: those of
+    rules for everyone and of rules naming me (an admin sees all)."""
+    return await read_alerts(gw.redis, user.name, max(1, min(limit, 1000)),
+                             everyone=user.admin)
 
 
 @router.get("/plot.png", tags=["api"])

@@ -7,7 +7,6 @@ which every status is `insufficient`, with `unavailable` saying why.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from mlpulse.config import Settings
 from mlpulse.drift import (
     FINE_SECONDS,
     DriftStore,
+    Profiles,
     Reference,
     read_changes,
     report,
@@ -46,7 +46,7 @@ class DriftView:
         self.redis = redis
         self.settings = settings
         self.store = DriftStore(redis, settings)
-        self._profiles: dict[str, tuple[float, Reference | str]] = {}
+        self.profiles = Profiles(settings.models_dir)
         self.exported = _Exported()
 
     @property
@@ -59,27 +59,7 @@ class DriftView:
 
     def reference(self, version: str) -> Reference | str:
         """The version's reference, or why there is none."""
-        digits = version[1:] if version.startswith("v") else ""
-        if not digits.isdigit():
-            return f"{version!r} is not a version of the registry"
-        path = self.settings.models_dir / f"model-v{digits}.profile.json"
-        try:
-            stamp = path.stat().st_mtime
-        except FileNotFoundError:
-            return (f"model {version} has no reference profile ({path.name}); "
-                    "drift is unavailable for it")
-        cached = self._profiles.get(version)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        found: Reference | str
-        try:
-            found = Reference.from_doc(json.loads(path.read_text()))
-        except Exception as exc:  # any damage: not JSON, not an object, wrong fields
-            found = f"model {version}: {path.name} is unreadable ({exc!r}); drift is " \
-                "unavailable"
-            log.error("%s", found)
-        self._profiles[version] = (stamp, found)
-        return found
+        return self.profiles.get(version)
 
     def registered(self, version: str) -> bool:
         """Whether the registry holds `version`."""

@@ -14,6 +14,7 @@ import uvicorn
 
 from mlpulse.config import Settings
 from mlpulse.gateway.actualizer import Actualizer
+from mlpulse.gateway.alerts_view import AlertsView
 from mlpulse.gateway.app import create_app
 from mlpulse.gateway.auth import issue_token, load_secret
 from mlpulse.gateway.deps import Gateway
@@ -65,7 +66,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         celery = make_celery(settings)
         stack.callback(celery.close)
         hub = Hub(settings.ws_outbox)
-        actualizer = Actualizer(redis, hub, drift=DriftView(redis, settings))
+        actualizer = Actualizer(redis, hub, drift=DriftView(redis, settings),
+                                alerts=AlertsView(redis))
         relay = Relay(settings, hub, redis)
         gateway = Gateway(settings, secret, hub, redis, actualizer, relay.connected, celery)
         server = _Server(_uvicorn_config(settings, gateway))

@@ -101,6 +101,8 @@ class Predictor:
             if profiled is None or not len(y):
                 out = [_prediction(e, p, model.version)
                        for e, p in zip(events, y.tolist(), strict=True)]
+                if len(y):  # the prediction count alone, for the alert rules' events_per_s
+                    await self.drift.record(model.version, ["n", len(y)], [], now)
             else:
                 # Each prediction carries when it was scored and its estimated error, so
                 # the join can count its label into the same drift bucket.

@@ -1,0 +1,207 @@
+"""The alert evaluator: rules in, states and notifications out, one active process at a time.
+
+Every few seconds the process holding the lease (`mlpulse:alerts:lease`) reads each rule's
+series (`signals.py`) and moves each label set through Prometheus's states: inactive ->
+pending (the condition holds) -> firing (it has held for `for`) -> resolved. What changed
+is written by one script that first checks the lease (`commit.lua`): the active alerts, a
+bounded history of every transition, and an outbox of notifications. A second loop sends
+the outbox: dashboard messages to `mlpulse.events`, webhooks as Celery tasks. A restart or
+a takeover reads the same states, so nothing fires twice or is forgotten; a notification
+sent but not yet taken off the outbox is sent again, with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from mlpulse.alerts.rules import Rule, RuleSet, load_rules
+from mlpulse.alerts.signals import Series, Signals
+from mlpulse.config import Settings
+from mlpulse.keys import PREFIX
+from mlpulse.store import Redis
+
+log = logging.getLogger(__name__)
+
+LEASE = PREFIX + "alerts:lease"
+ACTIVE = PREFIX + "alerts:active"
+HISTORY = PREFIX + "alerts:history"
+OUTBOX = PREFIX + "alerts:outbox"
+HISTORY_KEPT = 1000
+OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
+def fingerprint(rule: str, labels: dict[str, str]) -> str:
+    """A stable id for one rule and label set, as Alertmanager gives one."""
+    text = rule + "\0" + "\0".join(f"{k}={labels[k]}" for k in sorted(labels))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Change:
+    """What one evaluation writes."""
+
+    set: dict[str, str] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
+    outbox: list[str] = field(default_factory=list)
+
+    def doc(self) -> bytes:
+        return orjson.dumps({"set": self.set or {}, "del": self.delete,
+                             "history": self.history, "outbox": self.outbox})
+
+
+def holds(value: float | None, rule: Rule, threshold: float) -> bool:
+    return value is not None and math.isfinite(value) and OPS[rule.op](float(value), threshold)
+
+
+class Evaluator:
+    """Evaluates the rules while it holds the lease; stands by otherwise."""
+
+    def __init__(self, redis: Redis, settings: Settings, ruleset: RuleSet | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.ruleset = ruleset or load_rules(settings.alert_rules, settings.drift_keep)
+        self.signals = Signals(redis, settings)
+        self.me = uuid.uuid4().hex
+        self.lease_ms = int(settings.alert_lease * 1000)
+        self.active = False
+        self._said: bool | None = None
+        self._commit = redis.register_script(
+            resources.files("mlpulse.alerts").joinpath("commit.lua").read_text())
+
+    async def hold_lease(self) -> bool:
+        """Take the lease if it is free, keep it if it is ours; say whether we hold it."""
+        if await self.redis.set(LEASE, self.me, nx=True, px=self.lease_ms):
+            held = True
+        else:
+            current: Any = await self.redis.get(LEASE)
+            held = current is not None and current.decode() == self.me
+            if held:
+                await self.redis.pexpire(LEASE, self.lease_ms)
+        if held != self._said:
+            log.info("%s", "evaluating the alert rules (lease taken)" if held
+                     else "another evaluator holds the lease; standing by")
+            self._said = held
+        self.active = held
+        return held
+
+    async def step(self, now: float | None = None) -> Change | None:
+        """One evaluation of every rule; None when another process holds the lease."""
+        now = time.time() if now is None else now
+        if not await self.hold_lease():
+            return None
+        raw: Any = await self.redis.hgetall(ACTIVE)
+        stored = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+        change = Change()
+        for rule in self.ruleset.rules:
+            try:
+                series = await self.signals.series(rule, now)
+            except Exception as exc:  # one rule that cannot be read must not stop the rest
+                log.warning("rule %s not evaluated: %r", rule.name, exc)
+                continue
+            seen = set()
+            for s in series:
+                fp = fingerprint(rule.name, s.labels)
+                seen.add(fp)
+                self._advance(rule, s, fp, stored.get(fp), now, change)
+            # A label set that is gone (a version no longer scored) no longer holds.
+            for fp, state in stored.items():
+                if state["rule"] == rule.name and fp not in seen:
+                    gone = Series(state["labels"], None, state["threshold"])
+                    self._advance(rule, gone, fp, state, now, change)
+        names = {r.name for r in self.ruleset.rules}
+        for fp, state in stored.items():  # a rule removed from the file
+            if state["rule"] not in names:
+                change.delete.append(fp)
+        if change.set or change.delete or change.history:
+            written = await self._commit(keys=[LEASE, ACTIVE, HISTORY, OUTBOX],
+                                         args=[self.me, self.lease_ms, HISTORY_KEPT,
+                                               change.doc()])
+            if not written:
+                self.active = False
+                return None
+        return change
+
+    def _advance(self, rule: Rule, s: Series, fp: str, state: dict[str, Any] | None,
+                 now: float, change: Change) -> None:
+        condition = holds(s.value, rule, s.threshold)
+        if condition:
+            if state is None:
+                state = {"rule": rule.name, "labels": s.labels, "state": "pending",
+                         "since": now, "severity": rule.severity, "episode": f"{now:.6f}",
+                         "users": rule.users}
+                self._transition(rule, fp, state, "inactive", "pending", s, now, change)
+            state.update(value=s.value, threshold=s.threshold, at=now)
+            if state["state"] == "pending" and now - state["since"] >= rule.for_:
+                state["state"] = "firing"
+                state["fired_at"] = now
+                self._transition(rule, fp, state, "pending", "firing", s, now, change)
+            change.set[fp] = orjson.dumps(state).decode()
+        elif state is not None:
+            if state["state"] == "firing":
+                state.update(value=s.value, resolved_at=now)
+                self._transition(rule, fp, state, "firing", "resolved", s, now, change)
+            change.delete.append(fp)
+
+    def _transition(self, rule: Rule, fp: str, state: dict[str, Any], was: str, now_is: str,
+                    s: Series, now: float, change: Change) -> None:
+        event = {"at": now, "rule": rule.name, "labels": s.labels, "from": was, "to": now_is,
+                 "value": s.value, "threshold": s.threshold, "severity": rule.severity,
+                 "fingerprint": fp, "episode": state["episode"], "users": rule.users}
+        change.history.append(orjson.dumps(event).decode())
+        if now_is == "pending":
+            return
+        log.warning("alert %s %s %s: value %s, threshold %s", rule.name, now_is,
+                    s.labels or "", s.value, s.threshold)
+        alert = {"rule": rule.name, "labels": {"alertname": rule.name,
+                                               "severity": rule.severity, **s.labels},
+                 "status": now_is, "value": s.value, "threshold": s.threshold,
+                 "starts_at": state.get("fired_at", now),
+                 "ends_at": now if now_is == "resolved" else None,
+                 "fingerprint": fp, "episode": state["episode"]}
+        if "dashboard" in rule.notify:
+            change.outbox.append(orjson.dumps(
+                {"kind": "dashboard", "users": rule.users, "alert": alert}).decode())
+        if "webhook" in rule.notify:
+            for hook in self.ruleset.webhooks:
+                key = hashlib.sha256(f"{fp}|{state['episode']}|{now_is}|{hook.url}"
+                                     .encode()).hexdigest()
+                change.outbox.append(orjson.dumps(
+                    {"kind": "webhook", "key": key, "url": str(hook.url),
+                     "secret_env": hook.secret_env, "alert": alert}).decode())
+
+
+async def read_alerts(redis: Redis, user: str | None = None, limit: int = 100,
+                      everyone: bool = False) -> dict[str, Any]:
+    """What is pending or firing now (oldest first), and the latest transitions (newest
+    first), of the rules `user` may see: those naming no users, or naming them; with
+    `everyone`, all of them."""
+    def visible(doc: dict[str, Any]) -> bool:
+        users = doc.get("users")
+        return everyone or not users or (user is not None and user in users)
+
+    raw: Any = await redis.hgetall(ACTIVE)
+    active = [a for a in (orjson.loads(v) for v in raw.values()) if visible(a)]
+    active.sort(key=lambda a: a.get("since", 0))
+    history = [h for h in (orjson.loads(x) for x in await redis.lrange(HISTORY, 0, -1))
+               if visible(h)][:limit]
+    return {"firing": [a for a in active if a["state"] == "firing"],
+            "pending": [a for a in active if a["state"] == "pending"],
+            "history": history}
+
+
+async def run_evaluator(evaluator: Evaluator, stop: asyncio.Event) -> None:
+    """Evaluate every `alert_interval` seconds until `stop`."""
+    from mlpulse.waiting import every
+
+    await every(evaluator.settings.alert_interval, stop, evaluator.step, "alerts")

@@ -1,0 +1,162 @@
+"""Alerts through real roles: a drift fires and resolves, once each, at a local receiver.
+
+Model, metric, a Celery worker and `mlpulse alerts` run against real RabbitMQ and Redis;
+a webhook receiver on loopback records every POST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Env, Role, wait_until
+from tests.gateway.test_drift import X_REF, Stream, resample
+
+SECRET = "hook-secret-for-tests"
+
+
+class Receiver:
+    """Records each POST: headers and JSON body."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        received = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def statuses(self) -> list[str]:
+        return [json.loads(body)["status"] for _, body in self.posts]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def rules_file(root: Path, receiver: Receiver) -> Path:
+    path = root / "rules.yaml"
+    path.write_text(f"""
+rules:
+  - name: BmiDrift
+    metric: psi
+    feature: bmi
+    window: 20
+    op: ">"
+    threshold: 0.25
+    for: 2
+    severity: critical
+    notify: [dashboard, webhook]
+receivers:
+  webhook:
+    - url: {receiver.url}
+      secret_env: MLPULSE_TEST_HOOK_SECRET
+""")
+    return path
+
+
+def alert_env(env: Env, receiver: Receiver, **more: str) -> dict[str, str]:
+    return {"MLPULSE_ALERT_RULES": str(rules_file(env.root, receiver)),
+            "MLPULSE_ALERT_INTERVAL": "0.5", "MLPULSE_DRIFT_MIN_EVENTS": "200",
+            "MLPULSE_TEST_HOOK_SECRET": SECRET, **more}
+
+
+def send_for(stream: Stream, seconds: float, shift: float, until: Callable[[], bool]
+             | None = None) -> None:
+    """Clean (or bmi-shifted) events, 200 every 0.25 s, for `seconds` or until `until`."""
+    deadline = time.monotonic() + seconds
+    seed = int(time.time() * 1000) % 10_000
+    while time.monotonic() < deadline:
+        X, y = resample(200, seed)
+        seed += 1
+        X[:, 2] += shift * X_REF[:, 2].std()
+        stream.send(X, y)
+        if until is not None and until():
+            return
+        time.sleep(0.25)
+
+
+def test_a_drift_fires_and_resolves_once_each_with_a_valid_signature(
+        env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
+    extra = alert_env(env, receiver)
+    spawn("model", extra=extra)
+    spawn("metric", extra=extra)
+    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+    spawn("alerts", extra=extra)
+    stream = Stream(env)
+    try:
+        send_for(stream, 60, shift=3.0, until=lambda: "firing" in receiver.statuses())
+        wait_until(lambda: "firing" in receiver.statuses(), 30, "the firing POST")
+        send_for(stream, 90, shift=0.0, until=lambda: "resolved" in receiver.statuses())
+        wait_until(lambda: "resolved" in receiver.statuses(), 30, "the resolved POST")
+    finally:
+        stream.close()
+    # Two more evaluation rounds: nothing else may come.
+    time.sleep(1.5)
+    assert receiver.statuses() == ["firing", "resolved"]
+    keys = set()
+    for headers, body in receiver.posts:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["x-mlpulse-signature"] == expected
+        keys.add(headers["x-mlpulse-idempotency-key"])
+        doc = json.loads(body)
+        assert doc["version"] == "4"
+        (alert,) = doc["alerts"]
+        assert alert["labels"]["alertname"] == "BmiDrift"
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["feature"] == "bmi"
+        assert alert["labels"]["model_version"] == "v1"
+        assert alert["status"] == doc["status"]
+    assert len(keys) == 2  # one distinct key per transition
+
+
+def test_one_evaluator_at_a_time_and_a_standby_takes_over(
+        env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
+    extra = alert_env(env, receiver, MLPULSE_ALERT_LEASE="2")
+    first = spawn("alerts", extra=extra)
+    first.wait_for("evaluating the alert rules")
+    second = spawn("alerts", extra=extra)
+    second.wait_for("another evaluator holds the lease; standing by")
+    assert "evaluating the alert rules" not in second.output()
+    killed = time.monotonic()
+    first.kill()
+    second.wait_for("evaluating the alert rules", timeout=10)
+    assert time.monotonic() - killed < 2 + 2  # the lease, plus an evaluation interval
+
+
+def test_a_bad_rules_file_stops_the_role_with_one_line(env: Env, spawn: Callable[...,
+                                                                                 Role]) -> None:
+    path = env.root / "bad.yaml"
+    path.write_text("rules:\n  - name: X\n    metric: psi\n    op: '=>'\n    threshold: 1\n")
+    role = spawn("alerts", extra={"MLPULSE_ALERT_RULES": str(path)}, ready=None)
+    assert role.proc.wait(30) == 2
+    out = role.output().strip().splitlines()
+    assert out[-1].endswith(f'{path}: rule "X" (rules[0]): op: must be one of >, >=, <, <= '
+                            "(got '=>')")
+
