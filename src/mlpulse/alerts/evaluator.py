@@ -37,6 +37,18 @@ ACTIVE = PREFIX + "alerts:active"
 HISTORY = PREFIX + "alerts:history"
 OUTBOX = PREFIX + "alerts:outbox"
 HISTORY_KEPT = 1000
+# Take the lease if it is free, or extend it if it is ours, in one step.
+RENEW = """
+local holder = redis.call("GET", KEYS[1])
+if holder == false then
+  redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+  return 1
+elseif holder == ARGV[1] then
+  redis.call("PEXPIRE", KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 
 
@@ -76,18 +88,13 @@ class Evaluator:
         self.lease_ms = int(settings.alert_lease * 1000)
         self.active = False
         self._said: bool | None = None
+        self._lease = redis.register_script(RENEW)
         self._commit = redis.register_script(
             resources.files("mlpulse.alerts").joinpath("commit.lua").read_text())
 
     async def hold_lease(self) -> bool:
         """Take the lease if it is free, keep it if it is ours; say whether we hold it."""
-        if await self.redis.set(LEASE, self.me, nx=True, px=self.lease_ms):
-            held = True
-        else:
-            current: Any = await self.redis.get(LEASE)
-            held = current is not None and current.decode() == self.me
-            if held:
-                await self.redis.pexpire(LEASE, self.lease_ms)
+        held = bool(await self._lease(keys=[LEASE], args=[self.me, self.lease_ms]))
         if held != self._said:
             log.info("%s", "evaluating the alert rules (lease taken)" if held
                      else "another evaluator holds the lease; standing by")
