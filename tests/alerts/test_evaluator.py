@@ -25,17 +25,26 @@ SECRET = "hook-secret-for-tests"
 
 
 class Receiver:
-    """Records each POST: headers and JSON body."""
+    """Records each POST: headers and JSON body. It can hold the next POST unanswered
+    until released (a process killed "during a POST"), or answer 500 to every one."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[dict[str, str], bytes]] = []
-        received = self.posts
+        self.hold_next = False
+        self.failing = False
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        received, me = self.posts, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
+                if me.hold_next:
+                    me.hold_next = False
+                    me.arrived.set()
+                    me.release.wait(30)
+                self.send_response(500 if me.failing else 200)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -47,6 +56,14 @@ class Receiver:
 
     def statuses(self) -> list[str]:
         return [json.loads(body)["status"] for _, body in self.posts]
+
+    def by_key(self) -> dict[str, set[str]]:
+        """Each idempotency key and the statuses POSTed under it."""
+        out: dict[str, set[str]] = {}
+        for headers, body in self.posts:
+            out.setdefault(headers["x-mlpulse-idempotency-key"], set()).add(
+                json.loads(body)["status"])
+        return out
 
     def close(self) -> None:
         self.server.shutdown()
@@ -160,3 +177,88 @@ def test_a_bad_rules_file_stops_the_role_with_one_line(env: Env, spawn: Callable
     assert out[-1].endswith(f'{path}: rule "X" (rules[0]): op: must be one of >, >=, <, <= '
                             "(got '=>')")
 
+
+
+def one_key_per_transition(receiver: Receiver) -> None:
+    keys = receiver.by_key()
+    assert sorted(s for statuses in keys.values() for s in statuses) == \
+        ["firing", "resolved"], keys
+
+
+def test_killing_the_evaluator_mid_episode_sends_each_transition_under_one_key(
+        env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
+    extra = alert_env(env, receiver, MLPULSE_ALERT_LEASE="2")
+    spawn("model", extra=extra)
+    spawn("metric", extra=extra)
+    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+    first = spawn("alerts", extra=extra)
+    stream = Stream(env)
+    try:
+        # During a POST: the firing notification is held at the receiver.
+        receiver.hold_next = True
+        send_for(stream, 60, shift=3.0, until=receiver.arrived.is_set)
+        assert receiver.arrived.wait(30), "no firing POST"
+        first.kill()
+        second = spawn("alerts", extra=extra, ready="evaluating the alert rules")
+        receiver.release.set()
+        send_for(stream, 90, shift=0.0, until=lambda: "resolved" in receiver.statuses())
+        wait_until(lambda: "resolved" in receiver.statuses(), 30, "the resolved POST")
+        # Right after the answer.
+        second.kill()
+        spawn("alerts", extra=extra, ready="evaluating the alert rules")
+        send_for(stream, 3, shift=0.0)
+    finally:
+        stream.close()
+    one_key_per_transition(receiver)
+
+
+def test_killing_the_worker_mid_post_redelivers_under_the_same_key(
+        env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
+    extra = alert_env(env, receiver)
+    spawn("model", extra=extra)
+    spawn("metric", extra=extra)
+    spawn("alerts", extra=extra)
+    worker = spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+    stream = Stream(env)
+    try:
+        receiver.hold_next = True
+        send_for(stream, 60, shift=3.0, until=receiver.arrived.is_set)
+        assert receiver.arrived.wait(30), "no firing POST"
+        worker.kill()  # during the POST
+        receiver.release.set()
+        worker = spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+        wait_until(lambda: len(receiver.posts) >= 2, 60, "the firing POST sent again")
+        send_for(stream, 90, shift=0.0, until=lambda: "resolved" in receiver.statuses())
+        wait_until(lambda: "resolved" in receiver.statuses(), 30, "the resolved POST")
+        worker.kill()  # right after the answer
+        spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+        send_for(stream, 3, shift=0.0)
+    finally:
+        stream.close()
+    keys = receiver.by_key()
+    one_key_per_transition(receiver)
+    firing_key = next(k for k, v in keys.items() if "firing" in v)
+    assert sum(1 for h, _ in receiver.posts
+               if h["x-mlpulse-idempotency-key"] == firing_key) >= 2
+
+
+def test_a_webhook_that_is_down_is_retried_and_holds_nothing_else_up(
+        env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
+    receiver.failing = True
+    extra = alert_env(env, receiver)
+    spawn("model", extra=extra)
+    spawn("metric", extra=extra)
+    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+    spawn("alerts", extra=extra)
+    stream = Stream(env)
+    try:
+        send_for(stream, 60, shift=3.0, until=lambda: len(receiver.posts) >= 3)
+        wait_until(lambda: len(receiver.posts) >= 3, 30, "three tries of the firing POST")
+        # Meanwhile the pipeline kept up, and the alert states kept moving.
+        sent = stream.sent
+        wait_until(lambda: env.row_count() >= sent, 30, "every row sent logged")
+    finally:
+        stream.close()
+    times = [json.loads(b)["alerts"][0]["fingerprint"] for _, b in receiver.posts]
+    assert len(set(times)) == 1
+    assert len(receiver.by_key()) == 1  # the same key on every try
