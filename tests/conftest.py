@@ -132,6 +132,18 @@ def _role_vars(root: Path, amqp_url: str, redis_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
+async def aredis() -> Any:
+    """An asyncio client on the test DB, flushed before and after the test."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(f"redis://localhost:6379/{REDIS_DB}")
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
 def env(tmp_path: Path, amqp_url: str) -> Env:
     redis_url = f"redis://localhost:6379/{REDIS_DB}"
     r = redis.Redis.from_url(redis_url)

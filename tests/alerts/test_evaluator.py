@@ -104,6 +104,14 @@ def alert_env(env: Env, receiver: Receiver, **more: str) -> dict[str, str]:
             "MLPULSE_TEST_HOOK_SECRET": SECRET, **more}
 
 
+def everything(spawn: Callable[..., Role], extra: dict[str, str]) -> None:
+    """Model, metric, a worker and the evaluator: what an alert needs end to end."""
+    spawn("model", extra=extra)
+    spawn("metric", extra=extra)
+    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
+    spawn("alerts", extra=extra)
+
+
 def send_for(stream: Stream, seconds: float, shift: float, until: Callable[[], bool]
              | None = None) -> None:
     """Clean (or bmi-shifted) events, 200 every 0.25 s, for `seconds` or until `until`."""
@@ -122,10 +130,7 @@ def send_for(stream: Stream, seconds: float, shift: float, until: Callable[[], b
 def test_a_drift_fires_and_resolves_once_each_with_a_valid_signature(
         env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
     extra = alert_env(env, receiver)
-    spawn("model", extra=extra)
-    spawn("metric", extra=extra)
-    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
-    spawn("alerts", extra=extra)
+    everything(spawn, extra)
     stream = Stream(env)
     try:
         send_for(stream, 60, shift=3.0, until=lambda: "firing" in receiver.statuses())
@@ -246,10 +251,7 @@ def test_a_webhook_that_is_down_is_retried_and_holds_nothing_else_up(
         env: Env, spawn: Callable[..., Role], receiver: Receiver) -> None:
     receiver.failing = True
     extra = alert_env(env, receiver)
-    spawn("model", extra=extra)
-    spawn("metric", extra=extra)
-    spawn("worker", "--concurrency", "1", extra=extra, ready=r"ready\.")
-    spawn("alerts", extra=extra)
+    everything(spawn, extra)
     stream = Stream(env)
     try:
         send_for(stream, 60, shift=3.0, until=lambda: len(receiver.posts) >= 3)

@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from mlpulse.alerts.evaluator import ACTIVE, HISTORY, LEASE, OUTBOX, Evaluator, read_alerts
 from mlpulse.alerts.rules import RuleSet, Webhook, parse_rule
@@ -26,12 +25,8 @@ class Scripted:
 
 
 @pytest.fixture
-async def client() -> Any:
-    r = aioredis.Redis.from_url(f"redis://localhost:6379/{REDIS_DB}")
-    await r.flushdb()
-    yield r
-    await r.flushdb()
-    await r.aclose()
+def client(aredis: Any) -> Any:
+    return aredis
 
 
 def evaluator(client: Any, signals: Scripted, for_: int = 10) -> Evaluator:

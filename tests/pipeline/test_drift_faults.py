@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from mlpulse.config import Settings
@@ -25,12 +24,8 @@ from tests.conftest import REDIS_DB
 
 
 @pytest.fixture
-async def client() -> Any:
-    r = aioredis.Redis.from_url(f"redis://localhost:6379/{REDIS_DB}")
-    await r.flushdb()
-    yield r
-    await r.flushdb()
-    await r.aclose()
+def client(aredis: Any) -> Any:
+    return aredis
 
 
 class FailingObserver:
