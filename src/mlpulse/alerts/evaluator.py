@@ -8,6 +8,11 @@ bounded history of every transition, and an outbox of notifications. A second lo
 the outbox: dashboard messages to `mlpulse.events`, webhooks as Celery tasks. A restart or
 a takeover reads the same states, so nothing fires twice or is forgotten; a notification
 sent but not yet taken off the outbox is sent again, with the same idempotency key.
+
+The rules are the file's (or the shipped defaults), read once, and those made over the API
+(`api_rules.py`), read at every round. A silence (`silences.py`) holds back notifications,
+not states: an alert that fired under one is notified once the silence ends, if it is
+still firing, and its resolution only if its firing was notified.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from typing import Any
 
 import orjson
 
+from mlpulse.alerts.api_rules import ApiRules
 from mlpulse.alerts.rules import Rule, RuleSet, load_rules
 from mlpulse.alerts.signals import Series, Signals
+from mlpulse.alerts.silences import Silence, active_silences, silenced
 from mlpulse.config import Settings
 from mlpulse.keys import PREFIX
 from mlpulse.store import Redis
@@ -76,6 +83,11 @@ def holds(value: float | None, rule: Rule, threshold: float) -> bool:
     return value is not None and math.isfinite(value) and OPS[rule.op](float(value), threshold)
 
 
+def alert_labels(rule: Rule, labels: dict[str, str]) -> dict[str, str]:
+    """An alert's labels as Alertmanager has them, and as silences match them."""
+    return {"alertname": rule.name, "severity": rule.severity, **labels}
+
+
 class Evaluator:
     """Evaluates the rules while it holds the lease; stands by otherwise."""
 
@@ -88,6 +100,7 @@ class Evaluator:
         self.lease_ms = int(settings.alert_lease * 1000)
         self.active = False
         self._said: bool | None = None
+        self.api_rules = ApiRules(redis, settings.drift_keep)
         self._lease = redis.register_script(RENEW)
         self._commit = redis.register_script(
             resources.files("mlpulse.alerts").joinpath("commit.lua").read_text())
@@ -109,8 +122,10 @@ class Evaluator:
             return None
         raw: Any = await self.redis.hgetall(ACTIVE)
         stored = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+        rules, unreadable = await self.api_rules.with_file(self.ruleset.rules)
+        silences = await active_silences(self.redis, now)
         change = Change()
-        for rule in self.ruleset.rules:
+        for rule in rules:
             try:
                 series = await self.signals.series(rule, now)
             except Exception as exc:  # one rule that cannot be read must not stop the rest
@@ -120,14 +135,14 @@ class Evaluator:
             for s in series:
                 fp = fingerprint(rule.name, s.labels)
                 seen.add(fp)
-                self._advance(rule, s, fp, stored.get(fp), now, change)
+                self._advance(rule, s, fp, stored.get(fp), now, change, silences)
             # A label set that is gone (a version no longer scored) no longer holds.
             for fp, state in stored.items():
                 if state["rule"] == rule.name and fp not in seen:
                     gone = Series(state["labels"], None, state["threshold"])
-                    self._advance(rule, gone, fp, state, now, change)
-        names = {r.name for r in self.ruleset.rules}
-        for fp, state in stored.items():  # a rule removed from the file
+                    self._advance(rule, gone, fp, state, now, change, silences)
+        names = {r.name for r in rules} | unreadable
+        for fp, state in stored.items():  # a rule removed from the file or the API
             if state["rule"] not in names:
                 change.delete.append(fp)
         if change.set or change.delete or change.history:
@@ -140,49 +155,68 @@ class Evaluator:
         return change
 
     def _advance(self, rule: Rule, s: Series, fp: str, state: dict[str, Any] | None,
-                 now: float, change: Change) -> None:
+                 now: float, change: Change, silences: list[Silence]) -> None:
         condition = holds(s.value, rule, s.threshold)
+        quiet = silenced(silences, alert_labels(rule, s.labels))
         if condition:
             if state is None:
                 state = {"rule": rule.name, "labels": s.labels, "state": "pending",
                          "since": now, "severity": rule.severity, "episode": f"{now:.6f}",
-                         "users": rule.users}
+                         "users": rule.users, "notified": False, "notes": 0}
                 self._transition(rule, fp, state, "inactive", "pending", s, now, change)
-            state.update(value=s.value, threshold=s.threshold, at=now)
+            state.update(value=s.value, threshold=s.threshold, at=now, silenced=quiet)
             if state["state"] == "pending" and now - state["since"] >= rule.for_:
                 state["state"] = "firing"
                 state["fired_at"] = now
-                self._transition(rule, fp, state, "pending", "firing", s, now, change)
+                self._transition(rule, fp, state, "pending", "firing", s, now, change, quiet)
+            elif state["state"] == "firing" and not state.get("notified", True) and not quiet:
+                # The silence it fired under has ended: the notification it held back.
+                self._notify(rule, fp, state, "firing", s, now, change)
             change.set[fp] = orjson.dumps(state).decode()
         elif state is not None:
             if state["state"] == "firing":
                 state.update(value=s.value, resolved_at=now)
-                self._transition(rule, fp, state, "firing", "resolved", s, now, change)
+                # Receivers hear of a resolution only if they heard of the firing.
+                held = quiet or not state.get("notified", True)
+                self._transition(rule, fp, state, "firing", "resolved", s, now, change, held)
             change.delete.append(fp)
 
     def _transition(self, rule: Rule, fp: str, state: dict[str, Any], was: str, now_is: str,
-                    s: Series, now: float, change: Change) -> None:
+                    s: Series, now: float, change: Change, held: bool = False) -> None:
         event = {"at": now, "rule": rule.name, "labels": s.labels, "from": was, "to": now_is,
                  "value": s.value, "threshold": s.threshold, "severity": rule.severity,
                  "fingerprint": fp, "episode": state["episode"], "users": rule.users}
+        if held:
+            event["silenced"] = True
         change.history.append(orjson.dumps(event).decode())
         if now_is == "pending":
             return
-        log.warning("alert %s %s %s: value %s, threshold %s", rule.name, now_is,
-                    s.labels or "", s.value, s.threshold)
-        alert = {"rule": rule.name, "labels": {"alertname": rule.name,
-                                               "severity": rule.severity, **s.labels},
-                 "status": now_is, "value": s.value, "threshold": s.threshold,
+        log.warning("alert %s %s %s: value %s, threshold %s%s", rule.name, now_is,
+                    s.labels or "", s.value, s.threshold, " (silenced)" if held else "")
+        if held:
+            state["notes"] = state.get("notes", 0) + 1
+            state["notified"] = False
+        else:
+            self._notify(rule, fp, state, now_is, s, now, change)
+
+    def _notify(self, rule: Rule, fp: str, state: dict[str, Any], status: str, s: Series,
+                now: float, change: Change) -> None:
+        # Notifications of the episode, sent or held back, count in the webhook's key: a
+        # firing told late, after a silence, has a key apart from the one held back.
+        state["notes"] = state.get("notes", 0) + 1
+        state["notified"] = True
+        alert = {"rule": rule.name, "labels": alert_labels(rule, s.labels),
+                 "status": status, "value": s.value, "threshold": s.threshold,
                  "starts_at": state.get("fired_at", now),
-                 "ends_at": now if now_is == "resolved" else None,
+                 "ends_at": now if status == "resolved" else None,
                  "fingerprint": fp, "episode": state["episode"]}
         if "dashboard" in rule.notify:
             change.outbox.append(orjson.dumps(
                 {"kind": "dashboard", "users": rule.users, "alert": alert}).decode())
         if "webhook" in rule.notify:
             for hook in self.ruleset.webhooks:
-                key = hashlib.sha256(f"{fp}|{state['episode']}|{now_is}|{hook.url}"
-                                     .encode()).hexdigest()
+                key = hashlib.sha256(f"{fp}|{state['episode']}|{status}|{state['notes']}|"
+                                     f"{hook.url}".encode()).hexdigest()
                 change.outbox.append(orjson.dumps(
                     {"kind": "webhook", "key": key, "url": str(hook.url),
                      "secret_env": hook.secret_env, "alert": alert}).decode())
@@ -198,7 +232,8 @@ async def read_alerts(redis: Redis, user: str | None = None, limit: int = 100,
         return everyone or not users or (user is not None and user in users)
 
     raw: Any = await redis.hgetall(ACTIVE)
-    active = [a for a in (orjson.loads(v) for v in raw.values()) if visible(a)]
+    active = [a for a in ({**orjson.loads(v), "fingerprint": k.decode()}
+                          for k, v in raw.items()) if visible(a)]
     active.sort(key=lambda a: a.get("since", 0))
     history = [h for h in (orjson.loads(x) for x in await redis.lrange(HISTORY, 0, -1))
                if visible(h)][:limit]

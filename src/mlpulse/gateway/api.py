@@ -103,7 +103,7 @@ async def drift(user: CurrentUser, gw: GatewayDep, window: int = 300,
     return await view.window(model_version, window)
 
 
-@router.get("/api/alerts", tags=["api"])
+@router.get("/api/alerts", tags=["alerts"])
 async def alerts(user: CurrentUser, gw: GatewayDep, limit: int = 100) -> dict[str, Any]:
     """Alerts firing and pending now, and the latest transitions, newest first: those of
     rules for everyone and of rules naming me (an admin sees all)."""

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mlpulse import __version__
-from mlpulse.gateway import api, pages, sockets, task_routes
+from mlpulse.gateway import alert_routes, api, pages, sockets, task_routes
 from mlpulse.gateway.deps import Gateway
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(alert_routes.router)
     app.include_router(task_routes.router)
     app.include_router(sockets.router)
 
