@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from mlpulse.alerts.api_rules import RULES, create_rule
 from mlpulse.alerts.evaluator import ACTIVE, Evaluator, read_alerts
@@ -30,12 +29,8 @@ BAD_OP = 'rule "X": op: must be one of >, >=, <, <= (got \'=>\')'
 
 
 @pytest.fixture
-async def client() -> Any:
-    r = aioredis.Redis.from_url(f"redis://localhost:6379/{REDIS_DB}")
-    await r.flushdb()
-    yield r
-    await r.flushdb()
-    await r.aclose()
+def client(aredis: Any) -> Any:
+    return aredis
 
 
 def file_evaluator(client: Any, signals: Scripted) -> Evaluator:

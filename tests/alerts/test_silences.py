@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from mlpulse.alerts.acks import acknowledge
 from mlpulse.alerts.evaluator import ACTIVE, HISTORY, fingerprint, read_alerts
@@ -24,18 +23,13 @@ from mlpulse.alerts.silences import (
     expire_silence,
 )
 from tests.alerts.test_states import Scripted, evaluator, outbox
-from tests.conftest import REDIS_DB
 
 FP = fingerprint("High", {"model_version": "v1"})
 
 
 @pytest.fixture
-async def client() -> Any:
-    r = aioredis.Redis.from_url(f"redis://localhost:6379/{REDIS_DB}")
-    await r.flushdb()
-    yield r
-    await r.flushdb()
-    await r.aclose()
+def client(aredis: Any) -> Any:
+    return aredis
 
 
 async def silence(client: Any, matchers: dict[str, str], now: float,
