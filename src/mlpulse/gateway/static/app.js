@@ -354,6 +354,233 @@
     ev.target.title = near.join("\n");
   });
 
+  // ------------------------------------------------------------ alerts
+  // The snapshot's section is the truth; an `alert` message is shown at once and corrected
+  // by the next snapshot (a few seconds later).
+  const alerts = { view: null, admin: false, done: new Map(), toasts: [], toastTimer: 0 };
+  const HISTORY_SHOWN = 10;
+  const SEVERITY_RANK = { info: 1, warning: 2, critical: 3 };
+  const LABEL_NAMES = { model_version: "version" };
+  const TOAST_MS = 8000;
+
+  // The labels a person reads, feature first: alertname and severity are shown elsewhere.
+  const labelEntries = (labels) => Object.entries(labels || {})
+    .filter(([k]) => k !== "alertname" && k !== "severity")
+    .sort(([a], [b]) => (a === "feature" ? -1 : b === "feature" ? 1 : a < b ? -1 : a > b ? 1 : 0));
+  const labelValues = (labels) => labelEntries(labels).map(([, v]) => v).join(", ");
+  const sameAlert = (a, b) => a.rule === b.rule &&
+    JSON.stringify(labelEntries(a.labels)) === JSON.stringify(labelEntries(b.labels));
+  // PSI, rates, MAE and events/s share one column: about three significant digits.
+  const quantity = (v) => {
+    if (missing(v)) return "–";
+    const a = Math.abs(v);
+    return a === 0 ? "0" : a >= 100 ? fmt(Math.round(v)) : a >= 1 ? v.toFixed(2)
+      : String(Number(v.toPrecision(2)));
+  };
+  function ago(t) {
+    const s = Math.max(0, Date.now() / 1000 - t);
+    return s < 60 ? `${Math.floor(s)} s` : s < 3600 ? `${Math.floor(s / 60)} min` :
+      s < 86400 ? `${Math.floor(s / 3600)} h ${Math.floor(s % 3600 / 60)} min` : `${Math.floor(s / 86400)} d`;
+  }
+
+  function span(text, cls) {
+    const el = document.createElement("span");
+    el.textContent = text;
+    if (cls) el.className = cls;
+    return el;
+  }
+
+  function labelTags(labels) {
+    return labelEntries(labels).map(([k, v]) => {
+      const tag = span("", "tag");
+      tag.title = `${k}=${v}`;
+      tag.append(span(LABEL_NAMES[k] || k, "k"), document.createTextNode(` ${v}`));
+      return tag;
+    });
+  }
+
+  // "for 3 min": the text is refreshed every few seconds without rebuilding the row.
+  function since(prefix, t) {
+    const el = span("", "since");
+    el.dataset.since = String(t); el.dataset.prefix = prefix;
+    el.title = `since ${new Date(t * 1000).toLocaleString()}`;
+    el.textContent = `${prefix} ${ago(t)}`;
+    return el;
+  }
+
+  function refreshTimes() {
+    for (const el of document.querySelectorAll("#alerts [data-since]")) {
+      el.textContent = `${el.dataset.prefix} ${ago(Number(el.dataset.since))}`;
+    }
+  }
+
+  function alertRow(a, index) {
+    const li = document.createElement("li");
+    const firing = a.state === "firing";
+    li.dataset.alert = a.rule; li.dataset.state = a.state; li.dataset.severity = a.severity;
+    li.dataset.index = String(index);
+    const chip = span(firing ? a.severity : "pending", `chip chip-${firing ? a.severity : "pending"}`);
+    const what = span("", "what");
+    what.append(chip, span(a.rule, "rule"), ...labelTags(a.labels));
+    const value = span("", "value");
+    value.title = "value now, and the rule's threshold";
+    value.append(span(quantity(a.value), "now"), span(` vs ${quantity(a.threshold)}`, "muted"));
+    const when = firing ? since("firing for", a.fired_at ?? a.since) : since("pending for", a.since);
+    const side = span("", "side");
+    side.append(value, when);
+    // What the state says (acked_by, silenced), or what this page just did and the next
+    // snapshot will say.
+    const done = alerts.done.get(`${a.rule}|${a.episode}`) || {};
+    const acked = a.acked_by ? `acknowledged by ${a.acked_by}` : done.ack && "acknowledged";
+    const silenced = a.silenced || done.silence;
+    if (acked) side.append(span(acked, "done"));
+    if (silenced) side.append(span("silenced", "done"));
+    if (firing && alerts.admin) {
+      if (!acked) side.append(actionButton("ack", "Acknowledge"));
+      if (!silenced) side.append(actionButton("silence", "Silence 1 h"));
+    }
+    li.append(what, side);
+    return li;
+  }
+
+  function actionButton(action, text) {
+    const b = document.createElement("button");
+    b.type = "button"; b.dataset.action = action; b.textContent = text;
+    return b;
+  }
+
+  function historyRow(h) {
+    const li = document.createElement("li");
+    li.dataset.transition = h.to;
+    const when = span(clock(h.at, true), "at");
+    when.title = new Date(h.at * 1000).toLocaleString();
+    const what = span("", "what");
+    what.append(span(h.rule, "rule"), ...labelTags(h.labels));
+    const move = span("", "move");
+    move.append(span(h.from, "from"), document.createTextNode(" → "), span(h.to, `to to-${h.to}`));
+    move.title = `value ${quantity(h.value)}, threshold ${quantity(h.threshold)}`;
+    li.append(when, move, what);
+    return li;
+  }
+
+  function renderBadge(firing) {
+    const badge = $("alert-count");
+    badge.hidden = !firing.length;
+    badge.dataset.count = String(firing.length);
+    const rank = (severity) => SEVERITY_RANK[severity] || 0;
+    const worst = firing.reduce((w, a) => rank(a.severity) > rank(w) ? a.severity : w, "info");
+    badge.className = `badge badge-${worst}`;
+    badge.title = `${firing.length} alert${firing.length === 1 ? "" : "s"} firing`;
+    badge.replaceChildren(span(String(firing.length), "n"), document.createTextNode(" firing"));
+  }
+
+  function renderAlerts() {
+    const v = alerts.view;
+    if (!v) return;
+    const firing = v.firing || [], pending = v.pending || [], history = v.history || [];
+    alerts.rows = [...firing, ...pending];
+    $("a-note").textContent = `${firing.length} firing · ${pending.length} pending`;
+    const rows = alerts.rows.map(alertRow);
+    if (!firing.length) {
+      const li = document.createElement("li");
+      li.className = "none"; li.textContent = "No alerts firing";
+      rows.unshift(li);
+    }
+    $("a-active").replaceChildren(...rows);
+    const none = document.createElement("li");
+    none.className = "muted"; none.textContent = "No alert has changed state yet.";
+    $("a-history").replaceChildren(...(history.length ? history.slice(0, HISTORY_SHOWN).map(historyRow) : [none]));
+    renderBadge(firing);
+  }
+
+  function applyAlerts(section) {
+    if (!section) return;
+    alerts.view = { firing: [...(section.firing || [])], pending: [...(section.pending || [])],
+                    history: [...(section.history || [])] };
+    renderAlerts();
+  }
+
+  function toast(text, kind) {
+    alerts.toasts = [...alerts.toasts, { text, kind }].slice(-3);
+    const box = $("toast");
+    box.replaceChildren(...alerts.toasts.map((t) => span(t.text, `toast-line toast-${t.kind}`)));
+    box.hidden = false;
+    clearTimeout(alerts.toastTimer);
+    alerts.toastTimer = setTimeout(() => { box.hidden = true; alerts.toasts = []; }, TOAST_MS);
+  }
+
+  // "FeatureDrift firing (bmi, v1)"
+  const alertName = (rule, labels, status) => {
+    const values = labelValues(labels);
+    return `${rule}${status ? ` ${status}` : ""}${values ? ` (${values})` : ""}`;
+  };
+
+  function alertEvent(msg, note) {
+    const a = msg.data || {};
+    const labels = Object.fromEntries(labelEntries(a.labels));
+    const severity = (a.labels && a.labels.severity) || "warning";
+    const firing = a.status === "firing";
+    const at = firing ? (a.starts_at ?? msg.ts) : (a.ends_at ?? msg.ts);
+    const text = alertName(a.rule, labels, a.status);
+    toast(text, firing ? severity : "resolved");
+    addToFeed({ type: "alert", ts: msg.ts, data: { message: text } }, note);
+    if (!alerts.view) alerts.view = { firing: [], pending: [], history: [] };
+    const v = alerts.view;
+    const transition = { at, rule: a.rule, labels, from: firing ? "pending" : "firing", to: a.status,
+                         value: a.value, threshold: a.threshold, severity,
+                         fingerprint: a.fingerprint, episode: a.episode };
+    // Notifications are at least once: the same transition may come twice.
+    const known = (h) => h.fingerprint === a.fingerprint && h.episode === a.episode && h.to === a.status;
+    if (!v.history.some(known)) v.history = [transition, ...v.history];
+    v.firing = v.firing.filter((s) => !sameAlert(s, transition));
+    v.pending = v.pending.filter((s) => !sameAlert(s, transition));
+    if (firing) {
+      v.firing.push({ rule: a.rule, labels, state: "firing", since: at, fired_at: at, severity, episode: a.episode,
+                      value: a.value, threshold: a.threshold, fingerprint: a.fingerprint });
+    }
+    renderAlerts();
+  }
+
+  function errorText(r, body) {
+    const detail = body && body.detail;
+    if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+    return detail || `${r.status} ${r.statusText}`;
+  }
+
+  async function alertAction(button) {
+    const a = alerts.rows[Number(button.closest("li").dataset.index)];
+    if (!a) return;
+    const action = button.dataset.action;
+    const name = alertName(a.rule, a.labels);
+    const status = $("a-status");
+    status.hidden = false; status.className = "a-status";
+    status.textContent = `${action === "ack" ? "Acknowledging" : "Silencing"} ${name}…`;
+    for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
+    try {
+      const silence = { matchers: { alertname: a.rule, ...a.labels }, duration: 3600, comment: "" };
+      const r = action === "ack"
+        ? await fetch(`/api/alerts/ack/${encodeURIComponent(a.fingerprint)}`, { method: "POST" })
+        : await fetch("/api/alerts/silences", {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(silence) });
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(errorText(r, body));
+      const key = `${a.rule}|${a.episode}`;
+      alerts.done.set(key, { ...alerts.done.get(key), [action]: true });
+      status.textContent = `${name}: ${action === "ack" ? "acknowledged" : "silenced for 1 h"}`;
+      renderAlerts();
+    } catch (err) {
+      status.className = "a-status error";
+      status.textContent = `${action === "ack" ? "Acknowledge" : "Silence"} ${name}: ${err.message}`;
+      for (const b of button.parentElement.querySelectorAll("button")) b.disabled = false;
+    }
+  }
+
+  $("a-active").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-action]");
+    if (b) alertAction(b);
+  });
+  setInterval(refreshTimes, 5000);
+
   function render(changed) {
     const s = state.snapshot;
     if ("summary" in changed) renderCards(s.summary);
@@ -362,6 +589,7 @@
     if ("recent" in changed) renderRecent(s.recent);
     if ("by_version" in changed) renderVersions(s.by_version);
     if ("drift" in changed) renderDrift(s.drift);
+    if ("alerts" in changed) applyAlerts(s.alerts);
   }
 
   function addToFeed(msg, note) {
@@ -532,6 +760,8 @@
         if (msg.data.state === "SUCCESS" || msg.data.state === "FAILURE") {
           addToFeed({ type: "task", ts: msg.ts, data: { message: `${msg.data.kind} ${msg.data.state.toLowerCase()}` } }, note);
         }
+      } else if (msg.type === "alert") {
+        alertEvent(msg, note);
       } else if (msg.type !== "pong") {
         addToFeed(msg, note);
       }
@@ -555,6 +785,8 @@
       const me = await r.json();
       $("who").textContent = me.admin ? `${me.user} (admin)` : me.user;
       $("t-retrain").hidden = !me.admin;
+      alerts.admin = Boolean(me.admin);
+      renderAlerts();
     }
   }
 
