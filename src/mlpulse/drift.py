@@ -371,6 +371,14 @@ class DriftStore:
             add(total, raw)
         return total
 
+    async def count(self, version: str, window: int, now: float) -> float:
+        """Predictions scored in the window: one field of each bucket."""
+        res = resolution_for(window)
+        pipe = self.redis.pipeline(transaction=False)
+        for start in bucket_starts(window, now, res):
+            pipe.hget(bucket_key(version, res, start), "n")
+        return float(sum(float(n) for n in await pipe.execute() if n is not None))
+
     async def blocks(self, version: str, now: float, block: int = 300,
                      count: int = TREND_BLOCKS) -> list[tuple[int, dict[str, float]]]:
         """(start, sums) per block of `block` seconds over the last `count` blocks, oldest

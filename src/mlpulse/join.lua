@@ -60,9 +60,12 @@ local bins, versions, labelled = {}, {}, {}
 
 -- A prediction's label is counted into the drift buckets of when it was scored. A model
 -- batch shares one scoring time, so its buckets are looked up once, not once per event.
--- Each bucket also gets the labelled errors' squares and histogram, and the label delays'
--- histogram, for the alert rules' rmse, p95 and label_delay_p95 per version.
+-- Each bucket also gets the labelled errors' squares and histogram, for the alert rules'
+-- rmse and p95 per version. A prediction without an estimate (its version has no profile)
+-- counts its label all the same, with an estimate of 0 that no reader uses.
 local seen_scored, seen_ver, seen_buckets, seen_delay = nil, nil, {}, 0
+-- Label delays by the time the label joins, pipeline-wide: counted into this minute.
+local delays = {}
 local function label_drift(ver, scored, est, err, bin)
   if scored ~= seen_scored or ver ~= seen_ver then
     seen_scored, seen_ver, seen_buckets = scored, ver, {}
@@ -72,7 +75,7 @@ local function label_drift(ver, scored, est, err, bin)
       if now - scored < r[2] then
         local key = DRIFT .. ver .. ":" .. r[1] .. ":" .. (math.floor(scored / r[1]) * r[1])
         local l = labelled[key]
-        if not l then l = {0, 0, 0, r[2], 0, {}, {}}; labelled[key] = l end
+        if not l then l = {0, 0, 0, r[2], 0, {}}; labelled[key] = l end
         seen_buckets[#seen_buckets + 1] = l
       end
     end
@@ -80,8 +83,8 @@ local function label_drift(ver, scored, est, err, bin)
   for _, l in ipairs(seen_buckets) do
     l[1] = l[1] + 1; l[2] = l[2] + err; l[3] = l[3] + est; l[5] = l[5] + err * err
     l[6][bin] = (l[6][bin] or 0) + 1
-    l[7][seen_delay] = (l[7][seen_delay] or 0) + 1
   end
+  delays[seen_delay] = (delays[seen_delay] or 0) + 1
 end
 
 -- A waiting prediction's meta is "ts;scored;est": split it back.
@@ -128,7 +131,7 @@ for i = 1, #halves do
       local v = versions[ver]
       if not v then v = {0, 0, 0}; versions[ver] = v end
       v[1] = v[1] + 1; v[2] = v[2] + err; v[3] = v[3] + err * err
-      if pscored and pest then label_drift(ver, pscored, pest, err, b) end
+      if pscored then label_drift(ver, pscored, pest or 0, err, b) end
       rows[#rows + 1] = {id, t, p, ver, tmeta, pmeta2}
     else
       local mine = redis.call("HGET", PENDING[side], id)
@@ -136,7 +139,7 @@ for i = 1, #halves do
         local mv = split(mine)
         if mv == value then dup = dup + 1 else conflict = conflict + 1 end
       else
-        if scored and est then meta = meta .. ";" .. fmt(scored) .. ";" .. fmt(est) end
+        if scored then meta = meta .. ";" .. fmt(scored) .. ";" .. (est and fmt(est) or "") end
         redis.call("HSET", PENDING[side], id, value .. "\n" .. version .. "\n" .. meta)
         redis.call("ZADD", DEADLINE[side], now + join_ttl, id)
       end
@@ -178,12 +181,12 @@ for key, l in pairs(labelled) do
   redis.call("HINCRBYFLOAT", key, "lest", fmt(l[3]))
   redis.call("HINCRBYFLOAT", key, "lsq", fmt(l[5]))
   for bin, c in pairs(l[6]) do redis.call("HINCRBY", key, "lh" .. bin, c) end
-  for bin, c in pairs(l[7]) do redis.call("HINCRBY", key, "ld" .. bin, c) end
   redis.call("EXPIRE", key, l[4], "NX")
 end
 if n > 0 then
   local rates = RATES .. (math.floor(now / 60) * 60)
   redis.call("HINCRBY", rates, "joined", n)
+  for bin, c in pairs(delays) do redis.call("HINCRBY", rates, "ld" .. bin, c) end
   redis.call("EXPIRE", rates, rates_ttl)
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end

@@ -210,7 +210,7 @@ def test_max_window_is_the_loaders_to_set(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"window: must be 10 to 1800 seconds"):
         _load(tmp_path, {"rules": [rule | {"window": 3600}]}, max_window=1800)
     # Only metrics of the drift buckets are bound by it: the rates have counts of their own.
-    assert parse_rule(_rule(metric="rejected_rate", window=7200),
+    assert parse_rule(_rule(metric="unmatched_rate", window=7200),
                       max_window=600).window == 7200
 
 

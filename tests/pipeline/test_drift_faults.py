@@ -106,7 +106,7 @@ def test_a_prediction_meta_with_its_drift_bucket_logs_only_the_send_time() -> No
     assert lines[1].split(",")[5] == ""
 
 
-async def test_foreign_drift_claims_beyond_bounds_count_nothing(client: Any) -> None:
+async def test_foreign_drift_claims_beyond_bounds_are_not_believed(client: Any) -> None:
     settings = Settings(redis_url=f"redis://localhost:6379/{REDIS_DB}")
     joiner = Joiner(None, client, settings)
     now = time.time()
@@ -119,7 +119,13 @@ async def test_foreign_drift_claims_beyond_bounds_count_nothing(client: Any) -> 
     labels = [{"id": f"x{i}", "body": 2.0} for i in range(len(claims))]
     await joiner.handle([_message("y_pred", preds), _message("y_true", labels)])
     assert await client.xlen(JOINED) == 1  # every pair joined
-    assert await client.keys("mlpulse:drift:*") == []
+    # Only the two scored now are counted, each without its estimate; the times from
+    # tomorrow and last month make no bucket.
+    keys = sorted(k.decode() for k in await client.keys("mlpulse:drift:*"))
+    assert keys == sorted(f"mlpulse:drift:v1:{r}:{int(now // r) * r}" for r in (10, 60))
+    for key in keys:
+        assert await client.hget(key, "ln") == b"2"
+        assert float(await client.hget(key, "lest")) == 0.0
 
 
 def _message(queue: str, doc: Any) -> Any:
@@ -164,8 +170,10 @@ async def test_the_join_store_still_counts_labels_for_a_waiting_prediction(
     await store.join(orjson.dumps([["t", "a", "1.0", "", ""]]), now)
     fine = f"mlpulse:drift:v1:10:{int(now // 10) * 10}"
     got = {k.decode(): float(v) for k, v in (await client.hgetall(fine)).items()}
-    # Count, error, estimate, squared error, the error's histogram bin (width 5) and the
-    # label delay's bin (under 0.1 s).
-    assert got == {"ln": 1.0, "lerr": 2.0, "lest": 7.0, "lsq": 4.0, "lh0": 1.0, "ld0": 1.0}
+    # Count, error, estimate, squared error and the error's histogram bin (width 5).
+    assert got == {"ln": 1.0, "lerr": 2.0, "lest": 7.0, "lsq": 4.0, "lh0": 1.0}
+    # The label's delay (under 0.1 s) counts into this minute, by join time.
+    rates = await client.hgetall(f"mlpulse:rates:{int(now // 60) * 60}")
+    assert rates == {b"joined": b"1", b"ld0": b"1"}
     entry = (await client.xrange(JOINED))[0][1]
     assert orjson.loads(entry[b"rows"])[0][5] == "99.5"  # only the send time goes on

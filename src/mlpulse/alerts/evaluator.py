@@ -107,7 +107,11 @@ class Evaluator:
 
     async def hold_lease(self) -> bool:
         """Take the lease if it is free, keep it if it is ours; say whether we hold it."""
-        held = bool(await self._lease(keys=[LEASE], args=[self.me, self.lease_ms]))
+        try:
+            held = bool(await self._lease(keys=[LEASE], args=[self.me, self.lease_ms]))
+        except BaseException:
+            self.active = False  # unknown: the sender stops until the lease is ours again
+            raise
         if held != self._said:
             log.info("%s", "evaluating the alert rules (lease taken)" if held
                      else "another evaluator holds the lease; standing by")

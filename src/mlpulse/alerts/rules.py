@@ -37,9 +37,10 @@ MIN_WINDOW, MAX_WINDOW = 10, 86400
 MAX_FOR = 7 * 86400
 # These are computed from drift buckets, which are kept only for the longest drift window
 # and at least an hour (Settings.drift_keep): the loader is told that as `max_window`.
-# The rates (unmatched, rejected) come from per-minute counts kept for a day.
+# rejected_rate divides by predictions from those buckets too; unmatched_rate and
+# label_delay_p95 come from per-minute counts kept for a day.
 DRIFT_METRICS = frozenset({"psi", "prediction_psi", "estimated_mae", "mae", "rmse", "p95",
-                           "label_delay_p95", "events_per_s"})
+                           "events_per_s", "rejected_rate"})
 # What `relative_to: reference` multiplies: a field of the version's profile. The estimate
 # is compared with the estimator's own mean on held-out training rows, so its bias cancels.
 # rmse is refused: a profile holds no reference RMSE, and RMSE >= MAE always, so RMSE

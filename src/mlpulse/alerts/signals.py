@@ -1,13 +1,14 @@
 """The value of an alert rule's metric now, for each label set it covers.
 
 Per-version metrics come from the drift buckets (mlpulse/drift.py), which count every
-scored prediction and, by the time it was scored, its label: mae, rmse, p95,
-label_delay_p95 and estimated_mae are over predictions scored in the window that have
-their label (or all of them, for the estimate). psi and prediction_psi are the drift
-report's, with no value below the minimum number of events. events_per_s counts
-predictions; with `model_version: "*"` it is one series over every version, so a pipeline
-that went quiet is seen. unmatched_rate and rejected_rate are over the whole pipeline, from
-per-minute counts (`mlpulse:rates:*`).
+scored prediction and, by the time it was scored, its label: mae, rmse and p95 are over
+predictions scored in the window that have their label, estimated_mae over all of them.
+psi and prediction_psi are the drift report's, with no value below the minimum number of
+events. events_per_s counts predictions; with `model_version: "*"` it is one series over
+every version, so a pipeline that went quiet is seen. unmatched_rate, rejected_rate and
+label_delay_p95 are over the whole pipeline, from per-minute counts by join time
+(`mlpulse:rates:*`), so a label a day late counts when it arrives. A rate over a window
+divides by the seconds its buckets actually cover, the current one only up to now.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from mlpulse.alerts.rules import REFERENCE_OF, Rule
 from mlpulse.config import Settings
-from mlpulse.drift import DriftStore, Profiles, Reference, report
+from mlpulse.drift import DriftStore, Profiles, Reference, bucket_starts, report
 from mlpulse.keys import RATES
 from mlpulse.store import Redis
 
@@ -52,6 +53,12 @@ def quantile(counts: dict[int, float], bounds: list[float], q: float) -> float |
     return bounds[-1]
 
 
+def covered(window: int, now: float) -> float:
+    """Seconds a window's buckets cover up to now: the current bucket counts only as far
+    as it has gone, so a rate read just after a boundary is not diluted."""
+    return max(1.0, now - bucket_starts(window, now)[0])
+
+
 def _bins(total: dict[str, float], prefix: str) -> dict[int, float]:
     return {int(k[len(prefix):]): v for k, v in total.items()
             if k.startswith(prefix) and k[len(prefix):].isdigit()}
@@ -68,13 +75,11 @@ class Signals:
 
     async def series(self, rule: Rule, now: float) -> list[Series]:
         """Every label set the rule covers now, with its value."""
-        if rule.metric in ("unmatched_rate", "rejected_rate"):
+        if rule.metric in ("unmatched_rate", "rejected_rate", "label_delay_p95"):
             return [Series({}, await self._rate(rule, now), rule.threshold)]
         if rule.metric == "events_per_s" and rule.model_version == "*":
-            total = 0.0
-            for version in await self.drift.versions(now - rule.window):
-                total += (await self.drift.window(version, rule.window, now)).get("n", 0.0)
-            return [Series({}, total / rule.window, rule.threshold)]
+            total = await self._predictions(rule.window, now)
+            return [Series({}, total / covered(rule.window, now), rule.threshold)]
         if rule.model_version == "*":
             versions = await self.drift.versions(now - rule.window)
         else:
@@ -110,9 +115,9 @@ class Signals:
                     for f in doc["features"] if rule.feature in (None, "*", f["name"])]
         value: float | None
         if metric == "events_per_s":
-            value = n / rule.window
+            value = n / covered(rule.window, now)
         elif metric == "estimated_mae":
-            value = total.get("e", 0.0) / n if n else None
+            value = total["e"] / n if n and "e" in total else None
         elif metric == "mae":
             value = total.get("lerr", 0.0) / labelled if labelled else None
         elif metric == "rmse":
@@ -121,8 +126,8 @@ class Signals:
             width, bins = self.settings.hist_bin_width, self.settings.hist_bins
             value = quantile(_bins(total, "lh"), [width * (k + 1) for k in range(bins)],
                              0.95)
-        else:  # label_delay_p95
-            value = quantile(_bins(total, "ld"), list(DELAYS), 0.95)
+        else:
+            raise ValueError(f"{metric} is not a per-version metric")
         return [Series(labels, value, threshold)]
 
     async def _rate(self, rule: Rule, now: float) -> float | None:
@@ -138,8 +143,15 @@ class Signals:
         if rule.metric == "unmatched_rate":
             den = sums.get("joined", 0.0) + sums.get("unmatched", 0.0)
             return sums.get("unmatched", 0.0) / den if den else None
-        predictions = 0.0
-        for version in await self.drift.versions(now - rule.window):
-            predictions += (await self.drift.window(version, rule.window, now)).get("n", 0.0)
-        den = predictions + sums.get("rejected", 0.0)
+        if rule.metric == "label_delay_p95":
+            delays = {int(k[2:]): v for k, v in sums.items() if k[:2] == "ld" and k[2:].isdigit()}
+            return quantile(delays, list(DELAYS), 0.95)
+        den = await self._predictions(rule.window, now) + sums.get("rejected", 0.0)
         return sums.get("rejected", 0.0) / den if den else None
+
+    async def _predictions(self, window: int, now: float) -> float:
+        """Predictions scored in the window, over every version."""
+        total = 0.0
+        for version in await self.drift.versions(now - window):
+            total += await self.drift.count(version, window, now)
+        return total

@@ -32,11 +32,11 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 # A receiver gets 5 s to accept the connection and 10 s for each read and write; a slow one
 # costs a worker process at most that long before the attempt counts as failed.
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-# Retries wait 1, 2, 4 ... s, at most 60 s apart: ten of them ride out a receiver that is
-# down for about five minutes (1+2+4+8+16+32+60+60+60+60 = 303 s), then the task fails.
+# Retries wait 1, 2, 4 ... s, at most 300 s apart: 300 of them ride out a receiver that is
+# down for about a day (1+2+...+256 = 511 s, then 291 x 300 s), then the task fails.
 RETRY_FIRST = 1
-RETRY_MAX = 60
-MAX_RETRIES = 10
+RETRY_MAX = 300
+MAX_RETRIES = 300
 # 408 and 429 mean "later"; any other 4xx means the receiver will never take this body.
 RETRY_STATUSES = frozenset({408, 429})
 # A failed receiver's answer, cut to this for the log.

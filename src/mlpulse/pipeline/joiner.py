@@ -13,7 +13,6 @@ from aiormq.abc import DeliveredMessage
 
 from mlpulse.broker import dead_letter
 from mlpulse.config import Settings
-from mlpulse.drift import lifetimes as drift_lifetimes
 from mlpulse.store import JoinStore, Redis, count_rejected
 from mlpulse.wire import MAX_ABS_VALUE, Y_TRUE, Event, Rejected, decode_frame, encode
 
@@ -21,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a model host's clock may run ahead of the metric role's.
 CLOCK_SKEW = 60.0
+# The longest label delay counted (join.lua's last delay bin starts at a week).
+LONGEST_DELAY = 8 * 86400.0
 
 
 def _finite(value: Any) -> TypeGuard[float]:
@@ -47,16 +48,16 @@ class Joiner:
         self.redis = redis
         self.store = JoinStore(redis, settings)
         self.max_bytes = settings.max_message_bytes
-        self.drift_lifetime = drift_lifetimes(settings)[3]
 
     async def handle(self, batch: list[DeliveredMessage]) -> None:
         """Store or complete every half in the batch, then dead-letter what was bad."""
         halves: list[list[Any]] = []
         rejected: dict[str, list[Rejected]] = {}
         now = time.time()
-        # A scoring time outside the buckets' lifetime (or in the future) has no bucket to
-        # count into; a foreign y_pred can carry anything, and memory stays bounded.
-        oldest, newest = now - self.drift_lifetime, now + CLOCK_SKEW
+        # A foreign y_pred can carry anything: a scoring time in the future or older than
+        # the longest label delay counted is ignored, and join.lua counts into a drift
+        # bucket only while it lives, so memory stays bounded.
+        oldest, newest = now - LONGEST_DELAY, now + CLOCK_SKEW
         for msg in batch:
             queue = msg.routing_key or ""
             side = "t" if queue == Y_TRUE else "p"
@@ -64,13 +65,15 @@ class Joiner:
             for e in events:
                 half: list[Any] = [side, e.id, repr(e.body), _version(e), _send_time(e)]
                 if side == "p":
-                    # From a profiling model role: when it was scored and its estimated
-                    # error, for join.lua to count the label into that drift bucket.
+                    # From the model role: when it was scored (and, for a profiled version,
+                    # its estimated error), for join.lua to count the label into that
+                    # drift bucket and its delay.
                     scored = e.extra.get("scored_at")
                     estimated = e.extra.get("estimated_error")
-                    if _finite(scored) and _finite(estimated) \
-                            and oldest < scored <= newest and 0 <= estimated <= MAX_ABS_VALUE:
-                        half += (scored, estimated)
+                    if _finite(scored) and oldest < scored <= newest:
+                        half.append(scored)
+                        if _finite(estimated) and 0 <= estimated <= MAX_ABS_VALUE:
+                            half.append(estimated)
                 halves.append(half)
             if bad:
                 rejected.setdefault(queue, []).extend(bad)

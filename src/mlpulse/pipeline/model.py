@@ -99,7 +99,7 @@ class Predictor:
                 X, y = X[usable], y[usable]
             now = time.time()
             if profiled is None or not len(y):
-                out = [_prediction(e, p, model.version)
+                out = [_prediction(e, p, model.version, now)
                        for e, p in zip(events, y.tolist(), strict=True)]
                 if len(y):  # the prediction count alone, for the alert rules' events_per_s
                     await self.drift.record(model.version, ["n", len(y)], [], now)
@@ -108,7 +108,7 @@ class Predictor:
                 # the join can count its label into the same drift bucket.
                 drifted = self._drift_fields(model, profiled, X, y)
                 if drifted is None:
-                    out = [_prediction(e, p, model.version)
+                    out = [_prediction(e, p, model.version, now)
                            for e, p in zip(events, y.tolist(), strict=True)]
                 else:
                     estimated, ints, floats = drifted
@@ -196,11 +196,12 @@ def _prediction(event: Event, value: float | None, version: str | None,
         doc.update(id=event.raw_id, body=event.body)
         return doc
     doc.update(id=event.raw_id, body=value, model_version=version)
+    # What a features message says of these is not this model role's word.
+    doc.pop("estimated_error", None)
     if scored is not None:
-        doc.update(scored_at=scored, estimated_error=estimated)
-    else:  # what a features message says of these is not this model role's word
-        doc.pop("scored_at", None)
-        doc.pop("estimated_error", None)
+        doc["scored_at"] = scored
+    if estimated is not None:
+        doc["estimated_error"] = estimated
     return doc
 
 
