@@ -101,3 +101,30 @@ async def test_an_evaluator_that_lost_its_lease_writes_nothing(client: Any) -> N
     assert await ev.step(1000.0) is None
     assert await client.hlen(ACTIVE) == 0
     assert await outbox(client) == []
+
+
+async def test_a_pending_alert_that_stops_is_kept_in_history_and_notifies_nobody(
+        client: Any) -> None:
+    signals = Scripted()
+    ev = evaluator(client, signals)
+    signals.value = 60.0
+    await ev.step(1000.0)
+    signals.value = 10.0
+    await ev.step(1003.0)
+    history = [orjson.loads(h)["to"] for h in await client.lrange(HISTORY, 0, -1)]
+    assert history == ["inactive", "pending"]
+    assert await outbox(client) == []
+
+
+async def test_a_firing_alert_whose_rule_is_removed_resolves(client: Any) -> None:
+    signals = Scripted()
+    ev = evaluator(client, signals, for_=0)
+    signals.value = 60.0
+    await ev.step(1000.0)
+    assert len(await outbox(client)) == 2
+    ev.ruleset = RuleSet([], ev.ruleset.webhooks)  # the rule is gone from the file
+    await ev.step(1005.0)
+    notes = await outbox(client)
+    assert [n["alert"]["status"] for n in notes] == ["firing"] * 2 + ["resolved"] * 2
+    assert notes[3]["alert"]["labels"]["alertname"] == "High"
+    assert await client.hlen(ACTIVE) == 0

@@ -148,7 +148,7 @@ class Evaluator:
         names = {r.name for r in rules} | unreadable
         for fp, state in stored.items():  # a rule removed from the file or the API
             if state["rule"] not in names:
-                change.delete.append(fp)
+                self._retire(fp, state, now, change, silences)
         if change.set or change.delete or change.history:
             written = await self._commit(keys=[LEASE, ACTIVE, HISTORY, OUTBOX],
                                          args=[self.me, self.lease_ms, HISTORY_KEPT,
@@ -166,7 +166,8 @@ class Evaluator:
             if state is None:
                 state = {"rule": rule.name, "labels": s.labels, "state": "pending",
                          "since": now, "severity": rule.severity, "episode": f"{now:.6f}",
-                         "users": rule.users, "notified": False, "notes": 0}
+                         "users": rule.users, "notify": rule.notify, "notified": False,
+                         "notes": 0}
                 self._transition(rule, fp, state, "inactive", "pending", s, now, change)
             state.update(value=s.value, threshold=s.threshold, at=now, silenced=quiet)
             if state["state"] == "pending" and now - state["since"] >= rule.for_:
@@ -183,7 +184,26 @@ class Evaluator:
                 # Receivers hear of a resolution only if they heard of the firing.
                 held = quiet or not state.get("notified", True)
                 self._transition(rule, fp, state, "firing", "resolved", s, now, change, held)
+            else:
+                self._transition(rule, fp, state, "pending", "inactive", s, now, change)
             change.delete.append(fp)
+
+    def _retire(self, fp: str, state: dict[str, Any], now: float, change: Change,
+                silences: list[Silence]) -> None:
+        """Drop the alert of a rule that is gone; one that fired resolves, so receivers
+        that heard of the firing hear of its end."""
+        # The rule as the alert knew it: enough to name, route and notify.
+        rule = Rule.model_construct(name=state["rule"], metric="mae", op=">",
+                                    threshold=state.get("threshold", 0.0),
+                                    severity=state["severity"], users=state.get("users"),
+                                    notify=state.get("notify", ["dashboard"]))
+        s = Series(state["labels"], None, state.get("threshold", 0.0))
+        if state["state"] == "firing":
+            state.update(value=None, resolved_at=now)
+            held = silenced(silences, alert_labels(rule, s.labels)) \
+                or not state.get("notified", True)
+            self._transition(rule, fp, state, "firing", "resolved", s, now, change, held)
+        change.delete.append(fp)
 
     def _transition(self, rule: Rule, fp: str, state: dict[str, Any], was: str, now_is: str,
                     s: Series, now: float, change: Change, held: bool = False) -> None:
@@ -193,7 +213,7 @@ class Evaluator:
         if held:
             event["silenced"] = True
         change.history.append(orjson.dumps(event).decode())
-        if now_is == "pending":
+        if now_is in ("pending", "inactive"):
             return
         log.warning("alert %s %s %s: value %s, threshold %s%s", rule.name, now_is,
                     s.labels or "", s.value, s.threshold, " (silenced)" if held else "")
