@@ -142,6 +142,14 @@ def test_a_drift_fires_and_resolves_once_each_with_a_valid_signature(
     # Two more evaluation rounds: nothing else may come.
     time.sleep(1.5)
     assert receiver.statuses() == ["firing", "resolved"]
+    # It fired within `for` (2 s) and one evaluation interval (0.5 s) of going pending.
+    client = env.redis()
+    try:
+        history = [json.loads(h) for h in client.lrange("mlpulse:alerts:history", 0, -1)]
+    finally:
+        client.close()
+    at = {h["to"]: h["at"] for h in history}
+    assert 2.0 <= at["firing"] - at["pending"] <= 2.0 + 0.5 + 0.25, at
     keys = set()
     for headers, body in receiver.posts:
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
