@@ -21,7 +21,7 @@ from mlpulse.alerts.rules import NAME, Rule, describe, load_rules, parse_rule
 from mlpulse.alerts.silences import SilenceRequest, active_silences, add_silence, expire_silence
 from mlpulse.errors import ConfigError
 from mlpulse.gateway.auth import User
-from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep
+from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep, read_bounded
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
 
@@ -41,14 +41,7 @@ def _admin(user: User, what: str) -> None:
 
 
 async def _json_body(request: Request, what: str) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > BODY_MAX:
-        raise HTTPException(413, f"{what} is at most {BODY_MAX} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > BODY_MAX:
-            raise HTTPException(413, f"{what} is at most {BODY_MAX} bytes")
+    raw = await read_bounded(request, BODY_MAX, what)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

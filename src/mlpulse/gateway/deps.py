@@ -61,3 +61,17 @@ def current_user(request: Request) -> User:
 
 CurrentUser = Annotated[User, Depends(current_user)]
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+
+
+async def read_bounded(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (or says it
+    will), so a client cannot make the gateway hold more."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"{what} is at most {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise HTTPException(413, f"{what} is at most {limit} bytes")
+    return bytes(raw)

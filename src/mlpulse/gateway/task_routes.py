@@ -25,7 +25,7 @@ from mlpulse import task_queue
 from mlpulse.gateway import quota
 from mlpulse.gateway.auth import User
 from mlpulse.gateway.csv_checks import check_features_csv, check_training_csv
-from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep
+from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep, read_bounded
 from mlpulse.gateway.uploads import receive_form
 from mlpulse.ml.meta import read_meta, versions
 
@@ -141,11 +141,7 @@ REPORT_BODY_MAX = 4096
     "application/json": {"schema": ReportRequest.model_json_schema()}}}})
 async def report(request: Request, gw: GatewayDep, user: CurrentUser) -> JSONResponse:
     """An error report (MAE, RMSE, quantiles, histogram) for a window and a model version."""
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > REPORT_BODY_MAX:
-            raise HTTPException(413, f"a report request is at most {REPORT_BODY_MAX} bytes")
+    raw = await read_bounded(request, REPORT_BODY_MAX, "a report request")
     try:
         req = ReportRequest.model_validate_json(raw) if raw.strip() else ReportRequest()
     except ValidationError as exc:
