@@ -13,6 +13,8 @@ A bucket is a hash `mlpulse:drift:<version>:<resolution>:<start>`:
   `p.<b>`      predictions in reference bin b;         `po` predictions outside the range
   `ln`, `lerr`, `lest`  of those predictions, how many have their label, the sum of their
                absolute errors and of their estimated errors (written by the join)
+  `lsq`, `lh<b>`  the labelled errors' squares, and their histogram in the live
+               histogram's bins (for the alert rules' rmse and p95)
 Fine buckets (10 s) serve windows up to 10 minutes, coarse ones (60 s) longer windows.
 """
 
