@@ -8,6 +8,7 @@ its own feature vectors and labels, so it knows every value, and checks what
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -292,6 +293,19 @@ def changes_offline(rows: list[dict[str, str]]) -> list[tuple[float, float]]:
     return found
 
 
+def detector_state(env: Env) -> dict[str, Any]:
+    """The change detector's saved state (a pickle the metric role writes)."""
+    client = env.redis()
+    try:
+        raw = client.get("mlpulse:changes:state")
+    finally:
+        client.close()
+    if raw is None:
+        return {"fed": {}}
+    state: dict[str, Any] = pickle.loads(raw)  # written by the metric role
+    return state
+
+
 def test_error_changes_survive_a_kill_of_the_metric_role(
         env: Env, spawn: Callable[..., Role], start_gateway: Callable[..., Gateway],
         stream: Stream) -> None:
@@ -307,6 +321,10 @@ def test_error_changes_survive_a_kill_of_the_metric_role(
     stream.send(X[3_000:], y_far)
     spawn("metric")
     wait_until(lambda: env.row_count() >= 6_000, 120, "every row logged after the restart")
+    # The detector sees rows just after they are written: wait until it has seen them all.
+    wait_until(lambda: sum(detector_state(env)["fed"].values()) >= 6_000, 30,
+               "the detector to have read every row")
+    assert sum(detector_state(env)["fed"].values()) == 6_000  # none twice, none lost
     doc = settled(gw, 6_000, labelled=6_000)
     expected = changes_offline(env.rows())
     assert expected, "the offline detector should see the change"
@@ -315,8 +333,6 @@ def test_error_changes_survive_a_kill_of_the_metric_role(
     flat = [x for pair in got for x in pair]
     assert flat == pytest.approx([x for pair in expected for x in pair], rel=1e-9), \
         (got, expected)
-    state = env.redis().get("mlpulse:changes:state")
-    assert state is not None
 
 
 def test_a_kill_of_the_model_role_keeps_the_windows(
