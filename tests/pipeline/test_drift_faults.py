@@ -177,3 +177,18 @@ async def test_the_join_store_still_counts_labels_for_a_waiting_prediction(
     assert rates == {b"joined": b"1", b"ld0": b"1"}
     entry = (await client.xrange(JOINED))[0][1]
     assert orjson.loads(entry[b"rows"])[0][5] == "99.5"  # only the send time goes on
+
+
+async def test_a_detector_killed_before_its_first_save_reads_from_the_first_entry(
+        aredis: Any) -> None:
+    from mlpulse.pipeline.changes import ErrorChanges
+
+    await _outbox(aredis, 5)
+    entries = await aredis.xrange(JOINED)
+    # A sink wrote entries 0-2 and died before the detector saved anything; the restarted
+    # sink writes 3-4 and hands them over.
+    detector = ErrorChanges(aredis)
+    last = entries[-1][0].decode()
+    await detector.observe(entries[2][0].decode(), last, entries[3:])
+    assert detector.fed == {"v1": 5}
+    assert detector.pos == last

@@ -100,7 +100,12 @@ class ErrorChanges:
         if self.pos == through:
             return
         entries: Any = in_hand
-        if self.pos not in ("", after):
+        if self.pos == "":
+            # Nothing saved yet: every entry still in the outbox is on disk, and none is
+            # trimmed before the detector has read it, so start from the first. (A kill
+            # between the first write and the first save would otherwise lose those.)
+            entries = await self.redis.xrange(JOINED, "-", through)
+        elif self.pos != after:
             entries = await self.redis.xrange(JOINED, f"({self.pos}", through)
         changes = self.feed(entries)
         state = pickle.dumps({"format": STATE_FORMAT, "detectors": self.detectors,
