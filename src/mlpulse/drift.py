@@ -327,10 +327,6 @@ def trend(ref: Reference, blocks: list[dict[str, float]],
     return out
 
 
-__all__ = ["DRIFT_VERSIONS", "Column", "Reference", "Thresholds", "bucket_key", "psi",
-           "report", "wasserstein"]
-
-
 # ---------------------------------------------------------------- Redis
 def lifetimes(settings: Settings) -> list[int]:
     """Resolution and lifetime in seconds of fine, then coarse buckets (join.lua's order)."""
@@ -342,7 +338,6 @@ class DriftStore:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
-        self.keep = settings.drift_keep
         self.thresholds = Thresholds(settings.drift_psi_warn, settings.drift_psi_drift,
                                      settings.drift_min_events,
                                      settings.drift_wasserstein_warn,
@@ -404,9 +399,6 @@ class DriftStore:
         raw: Any = await self.redis.zrangebyscore(DRIFT_VERSIONS, since, "+inf")
         found = [v.decode() for v in raw]
         return sorted(found, key=version_order, reverse=True)
-
-    async def forget_versions(self, before: float) -> None:
-        await self.redis.zremrangebyscore(DRIFT_VERSIONS, "-inf", before)
 
 
 async def read_changes(redis: Redis, version: str) -> list[dict[str, float]]:

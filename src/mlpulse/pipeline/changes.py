@@ -50,7 +50,6 @@ class ErrorChanges:
         self.detectors: dict[str, ADWIN] = {}
         self.pos: str | None = None  # the last outbox entry fed, "" before any
         self.fed: dict[str, int] = {}  # errors fed per version, saved with the detectors
-        self.found = 0
 
     async def load(self) -> None:
         """Take up the saved state, or start afresh at the next entry written."""
@@ -123,7 +122,6 @@ class ErrorChanges:
             raise
         self.pos = through
         for c in changes:
-            self.found += 1
             telemetry.ERROR_CHANGES.labels(c.version).inc()
             log.warning("the error level of %s changed at %.3f: %.2f -> %.2f", c.version,
                         c.at, c.before, c.after)
