@@ -407,6 +407,42 @@ def bench(args: tuple[str, ...]) -> None:
     sys.exit(subprocess.call([sys.executable, str(script), *args]))
 
 
+@cli.group()
+def history() -> None:
+    """The Parquet history of joined rows (MLPULSE_HISTORY_DIR)."""
+
+
+@history.command("export")
+@click.option("--since", required=True, help="Start: Unix seconds or ISO 8601 (UTC if no zone).")
+@click.option("--until", help="End, not included: Unix seconds or ISO 8601 (default: now).")
+@click.option("--model-version", help="Only this model version.")
+@click.pass_context
+def history_export(ctx: click.Context, since: str, until: str | None,
+                   model_version: str | None) -> None:
+    """Write the rows joined in a range to stdout as CSV, with the metric log's header.
+
+    \b
+    mlpulse history export --since 2026-11-24T00:00Z --until 2026-11-25T00:00Z > rows.csv
+    """
+    import time
+
+    from mlpulse.history.export import export, parse_time
+
+    try:
+        start = parse_time(since)
+        end = time.time() if until is None else parse_time(until)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if end <= start:
+        raise click.BadParameter("--until must be after --since")
+    root = _settings(ctx).history_path
+    rows, skipped = export(root, start, end, model_version, sys.stdout.buffer)
+    log.info("exported %d rows from %s", rows, root)
+    if skipped:
+        raise MlpulseError(f"{skipped} history file(s) could not be read and were skipped; "
+                           "the export is incomplete (see the warnings above)")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: errors meant for people are one line, not a traceback."""
     try:

@@ -106,6 +106,22 @@ class Settings(BaseSettings):
     # Where a webhook's generatorURL points: the dashboard as people reach it.
     public_url: str = "http://localhost:8080"
 
+    # The metric log: the live file rotates at this size (bytes; 0: never) and when a new
+    # period of this many seconds begins (UTC days; 0: never); rotated files are gzipped
+    # and kept this many days.
+    log_rotate_bytes: int = Field(1 << 30, ge=0)
+    log_rotate_interval: float = Field(86400.0, ge=0)
+    log_compress: bool = True
+    log_retention_days: float = Field(7.0, gt=0)
+    # The history: joined rows as Parquet (unset: <log dir>/history), at most this many
+    # seconds behind the log; rows are kept this many days, per-minute rollups this many.
+    # Off: the sink writes no history (a baseline to measure).
+    history_enabled: bool = True
+    history_dir: Path | None = None
+    history_flush_seconds: float = Field(30.0, gt=0)
+    history_retention_days: float = Field(35.0, gt=0)
+    rollup_retention_days: float = Field(400.0, gt=0)
+
     # Failure paths: a stop finishes within this bound whatever the backends do, and a
     # lost broker or Redis is tried again at least this often.
     stop_timeout: float = Field(10.0, gt=0)
@@ -133,6 +149,11 @@ class Settings(BaseSettings):
     def metric_log(self) -> Path:
         """The append-only CSV of joined predictions."""
         return self.log_dir / "metric_log.csv"
+
+    @property
+    def history_path(self) -> Path:
+        """The Parquet history of joined rows, in Hive layout."""
+        return self.history_dir or self.log_dir / "history"
 
     @property
     def uploads_dir(self) -> Path:

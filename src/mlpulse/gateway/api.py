@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import time
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Request
@@ -17,6 +18,7 @@ from mlpulse.gateway.auth import AuthError
 from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
 from mlpulse.gateway.relay import read_history
 from mlpulse.health import role_problems
+from mlpulse.history import query
 from mlpulse.store import read_histogram, read_recent, read_summary
 
 router = APIRouter()
@@ -109,6 +111,32 @@ async def alerts(user: CurrentUser, gw: GatewayDep, limit: int = 100) -> dict[st
     rules for everyone and of rules naming me (an admin sees all)."""
     return await read_alerts(gw.redis, user.name, max(1, min(limit, 1000)),
                              everyone=user.admin)
+
+
+@router.get("/api/history", tags=["api"])
+async def history(user: CurrentUser, gw: GatewayDep, since: float | None = None,
+                  until: float | None = None, step: float | None = None,
+                  model_version: str | None = None,
+                  source: Literal["auto", "rows", "rollups"] = "auto") -> dict[str, Any]:
+    """Count, MAE, RMSE, p95 and max per step of joined time over [since, until) (Unix
+    seconds; the last hour by default), for one model version or all combined. Points
+    only where there is data. Ranges up to 2 h come from the rows (quantiles exact),
+    longer ones from per-minute rollups (`"quantiles": "bin"`: within one 4.4 % bin); the
+    step is raised to keep at most 10,000 points. `versions` lists the versions seen, and
+    `complete` is false when a history file could not be read."""
+    now = time.time()
+    until = now if until is None else until
+    since = until - 3600 if since is None else since
+    if step is not None and not step > 0:
+        raise HTTPException(422, "step must be a positive number of seconds")
+    root = gw.settings.history_path
+    try:
+        answer = await asyncio.to_thread(query.series, root, since, until, step,
+                                         model_version, source)
+    except query.RangeError as exc:
+        raise HTTPException(422, str(exc)) from None
+    answer["versions"] = await asyncio.to_thread(query.versions, root, since, until)
+    return answer
 
 
 @router.get("/plot.png", tags=["api"])

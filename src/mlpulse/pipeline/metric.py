@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel
 from mlpulse import keys, telemetry
 from mlpulse.broker import BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
+from mlpulse.pipeline.archive import LogPolicy
 from mlpulse.pipeline.changes import ErrorChanges
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
@@ -56,7 +57,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(redis.aclose)
         finish = asyncio.Event()
         joiner = Joiner(None, redis, settings)
-        sink = CsvSink(settings.metric_log, redis, ErrorChanges(redis))
+        sink = CsvSink(settings.metric_log, redis, ErrorChanges(redis),
+                       LogPolicy.from_settings(settings))
         store = JoinStore(redis, settings)
 
         async def sweep() -> None:

@@ -30,15 +30,18 @@ import redis.exceptions
 
 from mlpulse import health
 from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
+from mlpulse.history.layout import LOG_COLUMNS
 from mlpulse.keys import JOINED
+from mlpulse.pipeline import logfiles
+from mlpulse.pipeline.archive import Archive, LogPolicy
 from mlpulse.pipeline.changes import ErrorChanges
 from mlpulse.store import Redis, refusal
 from mlpulse.waiting import Backoff, stopped_within
 
 log = logging.getLogger(__name__)
 
-HEADER = ("id", "y_true", "y_pred", "absolute_error", "model_version",
-          "sent_at", "joined_at", "logged_at", "pos")
+HEADER = LOG_COLUMNS
+HEADER_LINE = (",".join(HEADER) + "\n").encode()
 _TAIL_BYTES = 1 << 20
 _POS = re.compile(r"^(\d+-\d+):(\d+)$")
 PROBLEM = "metric log"
@@ -51,17 +54,20 @@ class ForeignLog(MlpulseError):
 
 
 def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
-    """Open the log for appending after cutting a torn last line; return the last position."""
+    """Open the log for appending after cutting a torn last line; return the last position.
+
+    A live file with no rows yet follows on from the last rotated one (see `logfiles`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    logfiles.finish_compressions(path)
     f = path.open("a+b", buffering=0)
     size = f.seek(0, os.SEEK_END)
     if size == 0:
         try:
-            _append(f, (",".join(HEADER) + "\n").encode())
+            _append(f, HEADER_LINE)
         except OSError:
             f.close()
             raise
-        return f, None
+        return f, _rotated_pos(path)
     start = max(0, size - _TAIL_BYTES)
     f.seek(start)
     tail = f.read()
@@ -77,13 +83,33 @@ def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
     last = tail[: end].rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
     row = next(csv.reader([last]), [])
     if row == list(HEADER):
-        return f, None
+        return f, _rotated_pos(path)
     pos = _POS.match(row[-1]) if len(row) == len(HEADER) else None
     if pos is None:
         f.close()
         raise ForeignLog(f"{path}: the last line is not a row of this log ({last[:80]!r}); "
                          "move the file aside and start again")
     return f, (pos.group(1), int(pos.group(2)))
+
+
+def _rotated_pos(path: Path) -> tuple[str, int] | None:
+    text = logfiles.rotated_pos(path)
+    pos = _POS.match(text) if text else None
+    return (pos.group(1), int(pos.group(2))) if pos else None
+
+
+def first_row_time(f: IO[bytes]) -> float | None:
+    """When the log's first row was written (its `logged_at`), or None with no rows."""
+    f.seek(0)
+    f.readline()
+    line = f.readline()
+    if not line.endswith(b"\n"):
+        return None
+    row = next(csv.reader([line.decode("utf-8", "replace")]), [])
+    try:
+        return float(row[HEADER.index("logged_at")])
+    except (IndexError, ValueError):
+        return None
 
 
 def _fmt_time(text: str) -> str:
@@ -112,12 +138,16 @@ def format_rows(entry: str, fields: dict[bytes, bytes], skip_through: int, now: 
 class CsvSink:
     """The single writer of the metric log."""
 
-    def __init__(self, path: Path, redis: Redis, observer: ErrorChanges | None = None) -> None:
+    def __init__(self, path: Path, redis: Redis, observer: ErrorChanges | None = None,
+                 policy: LogPolicy | None = None) -> None:
         self.path = path
         self.redis = redis
         # Sees every entry once its rows are on disk, and holds back the trim until then.
         self.observer = observer
         self._observer_failing: float | None = None
+        # Rotation, the Parquet history and upkeep, behind the live file.
+        self.archive = Archive(path, policy or LogPolicy(), HEADER_LINE)
+        self._f: IO[bytes]
 
     async def run(self, finish: asyncio.Event) -> None:
         """Copy rows until `finish` is set and the outbox is drained."""
@@ -128,11 +158,21 @@ class CsvSink:
             opened = await self._open(finish)
             if opened is None:
                 return
-            f, pos = opened
+            self._f, pos = opened
+            upkeep_stop = asyncio.Event()
+            upkeep: asyncio.Task[None] | None = None
             try:
-                await self._copy(f, pos, finish)
+                await self.archive.open(self._f, await asyncio.to_thread(first_row_time,
+                                                                         self._f))
+                upkeep = asyncio.create_task(self.archive.upkeep(upkeep_stop), name="upkeep")
+                if await self._copy(pos, finish):
+                    await self.archive.settle()  # drained: the history takes the rest
             finally:
-                f.close()
+                upkeep_stop.set()
+                self.archive.halt()
+                if upkeep is not None:
+                    await upkeep
+                self._f.close()
         finally:
             lock.close()
 
@@ -172,7 +212,8 @@ class CsvSink:
                 lock.close()
                 return None
 
-    async def _copy(self, f: IO[bytes], pos: tuple[str, int] | None, finish: asyncio.Event) -> None:
+    async def _copy(self, pos: tuple[str, int] | None, finish: asyncio.Event) -> bool:
+        """Copy until drained after `finish`; False if it had to stop short of that."""
         # After a restart, the entry of the last row written may have rows left after it.
         resume = pos
         last_id = pos[0] if pos else "0-0"
@@ -184,13 +225,13 @@ class CsvSink:
             try:
                 if resume is not None:
                     rest: Any = await self.redis.xrange(JOINED, resume[0], resume[0])
-                    await self._write(f, [(e, flds, resume[1]) for e, flds in rest])
+                    await self._write([(e, flds, resume[1]) for e, flds in rest])
                     resume = None
                 reply: Any = await self.redis.xread({JOINED: last_id}, count=500,
                                                     block=None if draining else 200)
                 entries = reply[0][1] if reply else []
                 if entries:
-                    await self._write(f, [(e, flds, -1) for e, flds in entries])
+                    await self._write([(e, flds, -1) for e, flds in entries])
                     before, last_id = last_id, entries[-1][0].decode()
                     unsettled = (before, entries)
                 if unsettled is not None:
@@ -199,8 +240,10 @@ class CsvSink:
                     await self._settle(last_id, *unsettled)
                     unsettled = None
                 if not entries and draining:
-                    return
+                    return True
                 backoff.reset()
+                if not await self._archive_step(finish):
+                    return False
             except WAITED_OUT as exc:
                 # What is on disk stays, and nothing of a failed write does; `last_id`
                 # moves only after a write, so the same rows are written again once the
@@ -209,13 +252,27 @@ class CsvSink:
                 if draining:
                     log.warning("stopping with the outbox not drained (%s); the next start "
                                 "writes the rest from the log's last position", exc)
-                    return
+                    return False
                 if isinstance(exc, DiskProblem):
                     health.report_problem(PROBLEM, str(exc))
                 delay = backoff.next()
                 log.warning("the sink is waiting (%s); retrying in %.1fs, and joins hold "
                             "their messages once the outbox is full", exc, delay)
                 await stopped_within(finish, delay)
+
+    async def _archive_step(self, finish: asyncio.Event) -> bool:
+        """Flush the history or rotate the live file when due; False if the sink must stop
+        (a rotated-away live file could not be started again before the stop)."""
+        self.archive.flush_due()
+        if not self.archive.rotation_due(time.time()) or not await self.archive.rotate():
+            return True
+        self._f.close()
+        opened = await self._open(finish)
+        if opened is None:
+            return False
+        self._f = opened[0]
+        await self.archive.open(self._f, None)
+        return True
 
     async def _settle(self, last_id: str, before: str | None,
                       entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
@@ -250,17 +307,17 @@ class CsvSink:
                           "the metric role restarts")
             self.observer = None
 
-    async def _write(self, f: IO[bytes],
-                     entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
+    async def _write(self, entries: list[tuple[Any, dict[bytes, bytes], int]]) -> None:
         if not entries:
             return
         now = time.time()
         data = "".join(format_rows(_text(entry), fields, skip, now)
                        for entry, fields, skip in entries).encode()
         try:
-            await asyncio.to_thread(_append, f, data)
+            end = await asyncio.to_thread(_append, self._f, data)
         except OSError as exc:
             raise DiskProblem(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self.archive.wrote(end, now)
         if health.clear_problem(PROBLEM):
             log.info("writing %s again", self.path)
 
@@ -295,8 +352,9 @@ class DiskProblem(MlpulseError):
 WAITED_OUT: tuple[type[BaseException], ...] = (DiskProblem, *TRANSIENT_ERRORS)
 
 
-def _append(f: IO[bytes], data: bytes) -> None:
-    """Append all of `data` and fsync, or leave the file as it was and raise `OSError`."""
+def _append(f: IO[bytes], data: bytes) -> int:
+    """Append all of `data` and fsync, or leave the file as it was and raise `OSError`;
+    returns the file's new size."""
     start = f.seek(0, os.SEEK_END)
     try:
         view = memoryview(data)
@@ -309,3 +367,4 @@ def _append(f: IO[bytes], data: bytes) -> None:
     except OSError:
         f.truncate(start)  # a partial row must not stay: it would be written again
         raise
+    return start + len(data)

@@ -320,9 +320,9 @@ def collect_labels(self: Task) -> dict[str, Any]:
 @app.task(bind=True, base=Tracked, name="mlpulse.report")
 def report(self: Task, since: float | None = None, until: float | None = None,
            model_version: str | None = None) -> dict[str, Any]:
-    """MAE, RMSE, quantiles and a histogram of the logged errors in a window."""
+    """MAE, RMSE, quantiles and a histogram of the joined errors in a window."""
     from mlpulse.tasks.reports import write_report
 
     task_id = _safe(self.request.id)
-    return write_report(settings.metric_log, settings.results_dir, task_id, since, until,
+    return write_report(settings.history_path, settings.results_dir, task_id, since, until,
                         model_version)

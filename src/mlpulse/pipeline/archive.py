@@ -1,0 +1,209 @@
+"""What the CSV sink keeps beyond the live log: rotation, the Parquet history, upkeep.
+
+The sink writes rows to the live file; this follows behind it:
+- every `flush_seconds` (or 64 MiB of log) the rows written since the last flush go into
+  the history, read back from the live file, off the event loop;
+- when the live file reaches `rotate_bytes`, or its first row is from an earlier period
+  of `rotate_interval` (UTC days by default), the history takes the rest of its rows and
+  the file is rotated. A rotation waits while the history cannot be written, so a rotated
+  file never holds a row the history lacks, and a crash mid-flush always finds its rows in
+  the live file;
+- once a minute, and right after a rotation: rotated files are compressed and expired,
+  closed hours of the history compacted, and old hours removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+
+from mlpulse import health
+from mlpulse.config import Settings
+from mlpulse.history.writer import MAX_FLUSH_BYTES, HistoryError, HistoryWriter
+from mlpulse.pipeline import logfiles
+from mlpulse.waiting import first_of
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "history"
+# An hour is compacted once it ended this long before the last flush could still add to it.
+COMPACT_GRACE = 60.0
+
+
+@dataclass(frozen=True)
+class LogPolicy:
+    rotate_bytes: int = 1 << 30
+    rotate_interval: float = 86400.0
+    compress: bool = True
+    keep_days: float = 7.0
+    history: Path | None = None
+    flush_seconds: float = 30.0
+    history_days: float = 35.0
+    rollup_days: float = 400.0
+    upkeep_seconds: float = 60.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> LogPolicy:
+        return cls(rotate_bytes=s.log_rotate_bytes, rotate_interval=s.log_rotate_interval,
+                   compress=s.log_compress, keep_days=s.log_retention_days,
+                   history=s.history_path if s.history_enabled else None,
+                   flush_seconds=s.history_flush_seconds,
+                   history_days=s.history_retention_days,
+                   rollup_days=s.rollup_retention_days)
+
+
+def tail_pos(f: IO[bytes]) -> str | None:
+    """The position of the last row of an open log, or None if it has no rows."""
+    end = f.seek(0, os.SEEK_END)
+    start = max(0, end - (64 << 10))
+    line = os.pread(f.fileno(), end - start, start).rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    field = line.rsplit(b",", 1)[-1].decode("ascii", "replace")
+    return field if field[:1].isdigit() else None
+
+
+class Archive:
+    """Rotation, history and upkeep of one live log (only the sink holding the lock)."""
+
+    def __init__(self, live: Path, policy: LogPolicy, header: bytes) -> None:
+        self.live = live
+        self.policy = policy
+        self.header = header
+        self.history = HistoryWriter(policy.history) if policy.history else None
+        self.end = 0          # the live file's size
+        self.unflushed = 0    # where its rows not yet in the history start
+        self.first_row_at: float | None = None
+        self._last_flush = time.monotonic()
+        self._flushing: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._halt = threading.Event()
+
+    async def open(self, f: IO[bytes], first_row_at: float | None) -> None:
+        """Take up a freshly opened live file (at start, and after each rotation)."""
+        self._file = f
+        self.end = f.seek(0, os.SEEK_END)
+        self.first_row_at = first_row_at
+        self.unflushed = len(self.header)
+        if self.history is not None:
+            try:
+                self.unflushed = await asyncio.to_thread(self.history.recover, f)
+            except HistoryError as exc:
+                log.error("history switched off: %s", exc)
+                health.report_problem(PROBLEM, str(exc))
+                self.history = None
+        self._last_flush = time.monotonic()
+
+    def wrote(self, end: int, now: float) -> None:
+        self.end = end
+        if self.first_row_at is None:
+            self.first_row_at = now
+
+    def flush_due(self) -> None:
+        """Start a flush in the background when the last was long enough ago."""
+        if self._flushing is not None and self._flushing.done():
+            self._flushing = None
+        if self.history is None or self._flushing is not None or self.end <= self.unflushed:
+            return
+        if (time.monotonic() - self._last_flush >= self.policy.flush_seconds
+                or self.end - self.unflushed >= MAX_FLUSH_BYTES):
+            self._flushing = asyncio.create_task(self._flush(self._file, self.end))
+
+    async def _flush(self, f: IO[bytes], stop: int) -> None:
+        assert self.history is not None
+        self._last_flush = time.monotonic()
+        try:
+            self.unflushed = await asyncio.to_thread(self._flush_span, f, self.unflushed,
+                                                     stop)
+        except (OSError, pa.ArrowException, HistoryError) as exc:
+            log.warning("history: rows not written yet (%s); trying again in %.0f s",
+                        exc, self.policy.flush_seconds)
+            health.report_problem(PROBLEM, f"history not written: {exc}")
+        else:
+            health.clear_problem(PROBLEM)
+
+    def _flush_span(self, f: IO[bytes], start: int, stop: int) -> int:
+        assert self.history is not None
+        while start < stop:
+            data = os.pread(f.fileno(), min(stop - start, MAX_FLUSH_BYTES), start)
+            data = data[: data.rfind(b"\n") + 1]
+            if not data:
+                break
+            self.history.flush(data)
+            start += len(data)
+        return start
+
+    async def settle(self) -> bool:
+        """Put every row written so far into the history; whether that worked."""
+        if self._flushing is not None:
+            await self._flushing
+            self._flushing = None
+        if self.history is not None and self.end > self.unflushed:
+            await self._flush(self._file, self.end)
+        return self.history is None or self.unflushed >= self.end
+
+    def rotation_due(self, now: float) -> bool:
+        if self.first_row_at is None:
+            return False
+        p = self.policy
+        if p.rotate_bytes and self.end >= p.rotate_bytes:
+            return True
+        return bool(p.rotate_interval) and (
+            now // p.rotate_interval > self.first_row_at // p.rotate_interval)
+
+    async def rotate(self) -> bool:
+        """Rotate the live file once the history has its rows; whether it was moved (the
+        sink then opens the new live file, even if starting it failed)."""
+        if not await self.settle():
+            return False
+        last = tail_pos(self._file)
+        try:
+            await asyncio.to_thread(logfiles.rotate, self.live, last, self.header, time.time())
+        except OSError as exc:
+            log.warning("cannot rotate %s yet: %s", self.live, exc)
+            return not self.live.exists()
+        self._wake.set()
+        return True
+
+    # --- upkeep ---------------------------------------------------------------------
+
+    async def upkeep(self, stop: asyncio.Event) -> None:
+        """Compress, expire and compact until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.upkeep_once, time.time())
+            except Exception:
+                log.exception("metric log upkeep failed; trying again later")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.policy.upkeep_seconds):
+                    await first_of(stop, self._wake)
+
+    def halt(self) -> None:
+        """Ask a running upkeep step to stop at its next safe point."""
+        self._halt.set()
+
+    def upkeep_once(self, now: float) -> None:
+        p = self.policy
+        if p.compress:
+            for path, _when in logfiles.rotated_files(self.live):
+                if self._halt.is_set():
+                    return
+                if path.suffix == ".csv":
+                    try:
+                        logfiles.compress(path, self._halt)
+                    except logfiles.Halted:
+                        return
+        gone = logfiles.expire(self.live, now, p.keep_days)
+        if gone:
+            log.info("removed %d rotated log file(s) older than %g days", gone, p.keep_days)
+        if self.history is not None and not self._halt.is_set():
+            self.history.compact(now - p.flush_seconds - COMPACT_GRACE, self._halt)
+            self.history.retain(now, p.history_days, p.rollup_days)
