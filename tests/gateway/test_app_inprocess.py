@@ -22,7 +22,7 @@ from mlpulse.store import connect_redis
 from tests.conftest import REDIS_DB, VHOST
 from tests.gateway.conftest import SECRET
 
-PROTECTED = ("/api/me", "/api/summary", "/api/tasks", "/metrics")
+PROTECTED = ("/api/me", "/api/summary", "/api/tasks", "/api/history", "/metrics")
 
 
 class Broker:

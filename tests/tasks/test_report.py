@@ -1,4 +1,4 @@
-"""Error reports over a window of the metric log, for one user only."""
+"""Error reports over a window of the history, for one user only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import csv
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from mlpulse.history.writer import HistoryWriter
+from mlpulse.tasks.reports import write_report
 from tests.conftest import Env, Role
+from tests.history.logs import body, write_log
 from tests.tasks.conftest import Api
 
 HEADER = ["id", "y_true", "y_pred", "absolute_error", "model_version", "sent_at", "joined_at",
@@ -23,12 +27,21 @@ def test_report_covers_its_window_and_version_and_only_its_owner_fetches_it(
         logged = now - 7200 if i < 10 else now - 60  # ten of them are two hours old
         err = float(i)
         rows.append([f"e{i}", 100.0, 100.0 + err, err, version, logged, logged, logged,
-                     f"0:{i}"])
+                     f"1700000000000-0:{i}"])
+    rows.sort(key=lambda r: r[6])
+    for i, r in enumerate(rows):
+        r[8] = f"1700000000000-0:{i}"
     env.metric_log.parent.mkdir(parents=True, exist_ok=True)
     with env.metric_log.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(HEADER)
         w.writerows(rows)
+    # Reports read the history, which the metric role builds from the log.
+    with env.metric_log.open("rb") as f:
+        writer = HistoryWriter(env.root / "logs" / "history")
+        start = writer.recover(f)
+        f.seek(start)
+        writer.flush(f.read())
     worker(concurrency=1)
     alice, bob = api("alice"), api("bob")
 
@@ -50,3 +63,19 @@ def test_report_covers_its_window_and_version_and_only_its_owner_fetches_it(
     assert bob.get(done["result_url"]).status_code == 404
     assert alice.post("report", {"since": now, "until": now - 1}).status_code == 422
     assert alice.post("report", {"model_version": "latest"}).status_code == 422
+
+
+def test_a_long_range_report_comes_from_the_rollups_and_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "metric_log.csv"
+    rows = write_log(log, entries=90, per_entry=20, span=3 * 3600)
+    with log.open("rb") as f:
+        writer = HistoryWriter(tmp_path / "history")
+        writer.flush(body(f, writer.recover(f)))
+    done = write_report(tmp_path / "history", tmp_path / "results", "r1", None, None, None)
+    summary = done["summary"]
+    errors = [r[3] for r in rows]
+    assert summary["count"] == len(errors)
+    assert math.isclose(summary["mae"], sum(errors) / len(errors))
+    assert summary["max"] == max(errors)
+    assert summary["quantiles"] == "within one 4.4 % bin"
+    assert (tmp_path / "results" / "r1.png").read_bytes().startswith(b"\x89PNG")
