@@ -44,6 +44,7 @@ async def test_history_answers_any_signed_in_user_with_exact_points(
     assert got["source"] == "rows"
     assert got["quantiles"] == "exact"
     assert got["versions"] == ["v1", "v2"]
+    assert "unavailable" in got["drift"]  # this app has no drift view, and says so
     chosen = [r for r in rows if since <= r[2] < until and r[1] == "v1"]
     assert sum(p["count"] for p in got["series"]) == len(chosen) > 0
     assert set(got["series"][0]) == {"t", "count", "mae", "rmse", "p95", "max"}
@@ -64,6 +65,7 @@ async def test_long_ranges_come_from_rollups_and_bad_ranges_get_422(
     assert week.status_code == 200
     assert week.json()["source"] == "rollups"
     assert week.json()["quantiles"] == "bin"
+    assert week.json()["drift"] is None  # drift is per version
     assert sum(p["count"] for p in week.json()["series"]) == len(rows)
     default = await client.get("/api/history", headers=headers)
     assert default.status_code == 200

@@ -15,10 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mlpulse.alerts.evaluator import read_alerts
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.gateway.auth import AuthError
-from mlpulse.gateway.deps import CurrentUser, GatewayDep, user_of
+from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep, user_of
 from mlpulse.gateway.relay import read_history
 from mlpulse.health import role_problems
 from mlpulse.history import query
+from mlpulse.history.drift_rollups import drift_series
 from mlpulse.store import read_histogram, read_recent, read_summary
 
 router = APIRouter()
@@ -123,7 +124,9 @@ async def history(user: CurrentUser, gw: GatewayDep, since: float | None = None,
     only where there is data. Ranges up to 2 h come from the rows (quantiles exact),
     longer ones from per-minute rollups (`"quantiles": "bin"`: within one 4.4 % bin); the
     step is raised to keep at most 10,000 points. `versions` lists the versions seen, and
-    `complete` is false when a history file could not be read."""
+    `complete` is false when a history file could not be read. With a model version,
+    `drift` gives per step (of scoring time, whole minutes) the events, the estimated MAE
+    and the PSI of each feature and of the prediction against the version's reference."""
     now = time.time()
     until = now if until is None else until
     since = until - 3600 if since is None else since
@@ -136,7 +139,26 @@ async def history(user: CurrentUser, gw: GatewayDep, since: float | None = None,
     except query.RangeError as exc:
         raise HTTPException(422, str(exc)) from None
     answer["versions"] = await asyncio.to_thread(query.versions, root, since, until)
+    answer["drift"] = await _drift_history(gw, answer, model_version)
     return answer
+
+
+async def _drift_history(gw: Gateway, answer: dict[str, Any],
+                         version: str | None) -> dict[str, Any] | None:
+    """Drift per step for one version, from the per-minute counts in the history."""
+    if version is None:
+        return None
+    view = gw.actualizer.drift
+    if view is None:
+        return {"unavailable": "drift is not served by this gateway"}
+    ref = view.reference(version)
+    if isinstance(ref, str):
+        return {"unavailable": ref}
+    step = max(60, -(-answer["step"] // 60) * 60)
+    points, scan = await asyncio.to_thread(
+        drift_series, gw.settings.history_path, answer["since"], answer["until"], step,
+        version, ref, view.store.thresholds)
+    return {"step": step, "complete": not scan.skipped, "series": points}
 
 
 @router.get("/plot.png", tags=["api"])

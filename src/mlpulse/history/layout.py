@@ -2,6 +2,7 @@
 
     rows:     <history>/date=YYYY-MM-DD/hour=HH/<name>.parquet
     rollups:  <history>/_rollups/date=YYYY-MM-DD/hour=HH/<name>.parquet
+    drift:    <history>/_drift/date=YYYY-MM-DD/hour=HH/<name>.parquet
 
 Partitions go by the UTC hour a row was joined. A flush writes `f-<pos>.parquet` into each
 hour it touches, `<pos>` being the last metric-log position it covers. Compaction merges an
@@ -47,6 +48,7 @@ ROLLUP_SCHEMA = pa.schema([
 ])
 
 ROLLUPS = "_rollups"
+DRIFT = "_drift"
 CHECKPOINT = "_checkpoint.json"
 
 # A metric-log position: the outbox entry (milliseconds, sequence) and the row's index.

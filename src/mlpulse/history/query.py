@@ -74,7 +74,7 @@ def _field(schema: pa.Schema, name: str, table: pa.Table) -> pa.Field:
     return table.schema.field(name) if name == "model_version" else schema.field(name)
 
 
-def _scan(base: Path, since: float, until: float, columns: list[str], schema: pa.Schema,
+def scan(base: Path, since: float, until: float, columns: list[str], schema: pa.Schema,
           time_column: str, version: str | None) -> Iterator[tuple[pa.Table, list[str]]]:
     """Per hour partition touching [since, until): its rows in range, and files skipped."""
     wanted = list(dict.fromkeys([*columns, time_column]
@@ -109,7 +109,7 @@ def read_rows(root: Path, since: float, until: float, columns: list[str],
               version: str | None = None) -> Scan:
     """The rows joined in [since, until), with the columns asked for."""
     tables, skipped = [], []
-    for table, missed in _scan(root, since, until, columns, ROW_SCHEMA, "joined_at", version):
+    for table, missed in scan(root, since, until, columns, ROW_SCHEMA, "joined_at", version):
         tables.append(table)
         skipped += missed
     if not tables:
@@ -121,7 +121,7 @@ def read_rows(root: Path, since: float, until: float, columns: list[str],
 def iter_rows(root: Path, since: float, until: float,
               version: str | None = None) -> Iterator[tuple[pa.Table, list[str]]]:
     """Every column of the rows joined in [since, until), an hour at a time."""
-    yield from _scan(root, since, until, list(ROW_SCHEMA.names), ROW_SCHEMA, "joined_at",
+    yield from scan(root, since, until, list(ROW_SCHEMA.names), ROW_SCHEMA, "joined_at",
                      version)
 
 
@@ -129,7 +129,7 @@ def read_rollups(root: Path, since: float, until: float, version: str | None = N
     """The rollup rows of the minutes starting in [since, until)."""
     columns = ["minute", "bin", "count", "sum", "sumsq", "max"]
     tables, skipped = [], []
-    for table, missed in _scan(root / ROLLUPS, since, until, columns, ROLLUP_SCHEMA,
+    for table, missed in scan(root / ROLLUPS, since, until, columns, ROLLUP_SCHEMA,
                                "minute", version):
         tables.append(table)
         skipped += missed
@@ -142,7 +142,7 @@ def read_rollups(root: Path, since: float, until: float, version: str | None = N
 def versions(root: Path, since: float, until: float) -> list[str]:
     """The model versions with rollups in the range."""
     found: set[str] = set()
-    for table, _ in _scan(root / ROLLUPS, since, until, ["model_version"], ROLLUP_SCHEMA,
+    for table, _ in scan(root / ROLLUPS, since, until, ["model_version"], ROLLUP_SCHEMA,
                           "minute", None):
         found.update(str(v) for v in pc.unique(table.column("model_version").cast(
             pa.string())).to_pylist())

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from mlpulse.history import rollup
 from mlpulse.history.layout import (
     CHECKPOINT,
+    DRIFT,
     LOG_COLUMNS,
     ROLLUPS,
     ROW_SCHEMA,
@@ -115,6 +116,12 @@ def whole_lines(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
+def read_file(path: Path) -> pa.Table:
+    """One history file as it is (no columns from its directory names)."""
+    with pq.ParquetFile(path) as pf:
+        return pf.read()
+
+
 def write_parquet(path: Path, table: pa.Table) -> None:
     write_atomic(path, lambda fh: pq.write_table(table, fh, compression=COMPRESSION))
 
@@ -147,7 +154,7 @@ class HistoryWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         for tmp in temporaries(self.root):
             tmp.unlink(missing_ok=True)
-        for base in (self.root, self.rollups):
+        for base in (self.root, self.rollups, self.root / DRIFT):
             for doomed in base.glob("date=*/.hour=*.deleting"):
                 shutil.rmtree(doomed, ignore_errors=True)
         doc = self._load()
@@ -208,7 +215,8 @@ class HistoryWriter:
         """Merge each hour that ended before `closed_before` into one file; returns how
         many hours were merged. A set `halt` stops it between hours."""
         merged = 0
-        for base, merge_rollups in ((self.root, False), (self.rollups, True)):
+        for base, how in ((self.root, "rows"), (self.rollups, "rollups"),
+                          (self.root / DRIFT, "concat")):
             for p in partitions(base, until=closed_before):
                 if halt is not None and halt.is_set():
                     return merged
@@ -217,7 +225,7 @@ class HistoryWriter:
                 live, stale = files(p.path)
                 if len(live) > 1:
                     try:
-                        self._merge(p, live, merge_rollups)
+                        self._merge(p, live, how)
                     except (OSError, pa.ArrowException) as exc:
                         log.warning("history: cannot compact %s, left as it is: %s",
                                     p.path, exc)
@@ -228,10 +236,13 @@ class HistoryWriter:
                     path.unlink(missing_ok=True)
         return merged
 
-    def _merge(self, p: Partition, live: list[Path], merge_rollups: bool) -> None:
+    def _merge(self, p: Partition, live: list[Path], how: str) -> None:
         target = p.path / file_name("c", sort_key(live[-1]))
-        if merge_rollups:
-            write_parquet(target, rollup.merge([pq.read_table(f) for f in live]))
+        if how == "rollups":
+            write_parquet(target, rollup.merge([read_file(f) for f in live]))
+            return
+        if how == "concat":
+            write_parquet(target, pa.concat_tables([read_file(f) for f in live]))
             return
 
         def write(fh: IO[bytes]) -> None:
@@ -239,7 +250,7 @@ class HistoryWriter:
                 batch: list[pa.Table] = []
                 held = 0
                 for f in live:
-                    t = pq.read_table(f, schema=ROW_SCHEMA)
+                    t = read_file(f).cast(ROW_SCHEMA)
                     batch.append(t)
                     held += len(t)
                     if held >= ROW_GROUP:
@@ -253,7 +264,8 @@ class HistoryWriter:
     def retain(self, now: float, rows_days: float, rollup_days: float) -> int:
         """Remove the hours older than each limit; returns how many went."""
         removed = 0
-        for base, days in ((self.root, rows_days), (self.rollups, rollup_days)):
+        for base, days in ((self.root, rows_days), (self.rollups, rollup_days),
+                           (self.root / DRIFT, rollup_days)):
             cutoff = now - days * 86400
             for p in partitions(base, until=cutoff):
                 if p.end > cutoff:

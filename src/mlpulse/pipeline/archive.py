@@ -8,7 +8,8 @@ The sink writes rows to the live file; this follows behind it:
   the file is rotated. A rotation waits while the history cannot be written, so a rotated
   file never holds a row the history lacks, and a crash mid-flush always finds its rows in
   the live file;
-- once a minute, and right after a rotation: rotated files are compressed and expired,
+- once a minute, and right after a rotation: the last complete minutes of drift counts
+  are copied from Redis into the history, rotated files are compressed and expired,
   closed hours of the history compacted, and old hours removed.
 """
 
@@ -28,8 +29,11 @@ import pyarrow as pa
 
 from mlpulse import health
 from mlpulse.config import Settings
+from mlpulse.errors import TRANSIENT_ERRORS
+from mlpulse.history.drift_rollups import DriftArchive
 from mlpulse.history.writer import MAX_FLUSH_BYTES, HistoryError, HistoryWriter
 from mlpulse.pipeline import logfiles
+from mlpulse.store import Redis
 from mlpulse.waiting import first_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,8 @@ class LogPolicy:
     history_days: float = 35.0
     rollup_days: float = 400.0
     upkeep_seconds: float = 60.0
+    # Drift counts are copied into the history from Redis, which holds this many seconds.
+    drift_keep: int | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> LogPolicy:
@@ -58,7 +64,8 @@ class LogPolicy:
                    history=s.history_path if s.history_enabled else None,
                    flush_seconds=s.history_flush_seconds,
                    history_days=s.history_retention_days,
-                   rollup_days=s.rollup_retention_days)
+                   rollup_days=s.rollup_retention_days,
+                   drift_keep=s.drift_keep if s.drift_enabled else None)
 
 
 def tail_pos(f: IO[bytes]) -> str | None:
@@ -73,11 +80,15 @@ def tail_pos(f: IO[bytes]) -> str | None:
 class Archive:
     """Rotation, history and upkeep of one live log (only the sink holding the lock)."""
 
-    def __init__(self, live: Path, policy: LogPolicy, header: bytes) -> None:
+    def __init__(self, live: Path, policy: LogPolicy, header: bytes,
+                 redis: Redis | None = None) -> None:
         self.live = live
+        self.redis = redis
         self.policy = policy
         self.header = header
         self.history = HistoryWriter(policy.history) if policy.history else None
+        self.drift = DriftArchive(policy.history) if policy.history and redis is not None \
+            and policy.drift_keep else None
         self.end = 0          # the live file's size
         self.unflushed = 0    # where its rows not yet in the history start
         self.first_row_at: float | None = None
@@ -177,6 +188,8 @@ class Archive:
     async def upkeep(self, stop: asyncio.Event) -> None:
         """Compress, expire and compact until `stop` is set."""
         while not stop.is_set():
+            if self.drift is not None and self.history is not None:
+                await self._copy_drift()
             try:
                 await asyncio.to_thread(self.upkeep_once, time.time())
             except Exception:
@@ -185,6 +198,16 @@ class Archive:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.policy.upkeep_seconds):
                     await first_of(stop, self._wake)
+
+    async def _copy_drift(self) -> None:
+        assert self.drift is not None
+        assert self.redis is not None
+        assert self.policy.drift_keep is not None
+        try:
+            await self.drift.export(self.redis, time.time(), self.policy.drift_keep)
+        except (*TRANSIENT_ERRORS, OSError, pa.ArrowException) as exc:
+            log.warning("history: drift counts not copied yet (%s); trying again in %.0f s",
+                        exc, self.policy.upkeep_seconds)
 
     def halt(self) -> None:
         """Ask a running upkeep step to stop at its next safe point."""

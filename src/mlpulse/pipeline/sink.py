@@ -146,7 +146,7 @@ class CsvSink:
         self.observer = observer
         self._observer_failing: float | None = None
         # Rotation, the Parquet history and upkeep, behind the live file.
-        self.archive = Archive(path, policy or LogPolicy(), HEADER_LINE)
+        self.archive = Archive(path, policy or LogPolicy(), HEADER_LINE, redis)
         self._f: IO[bytes]
 
     async def run(self, finish: asyncio.Event) -> None:
