@@ -94,6 +94,7 @@ class Archive:
         self.first_row_at: float | None = None
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Task[None] | None = None
+        self._flush_failed = False
         self._wake = asyncio.Event()
         self._halt = threading.Event()
 
@@ -106,11 +107,18 @@ class Archive:
         if self.history is not None:
             try:
                 self.unflushed = await asyncio.to_thread(self.history.recover, f)
-            except HistoryError as exc:
-                log.error("history switched off: %s", exc)
-                health.report_problem(PROBLEM, str(exc))
+            except (HistoryError, OSError, pa.ArrowException) as exc:
+                log.error("history switched off until the metric role restarts: %s", exc)
+                health.report_problem(PROBLEM, f"history switched off: {exc}")
                 self.history = None
         self._last_flush = time.monotonic()
+
+    def rotated(self, f: IO[bytes]) -> None:
+        """Take up the new live file a rotation started (the history has every row
+        before it)."""
+        self._file = f
+        self.end = self.unflushed = f.seek(0, os.SEEK_END)
+        self.first_row_at = None
 
     def wrote(self, end: int, now: float) -> None:
         self.end = end
@@ -137,8 +145,10 @@ class Archive:
             log.warning("history: rows not written yet (%s); trying again in %.0f s",
                         exc, self.policy.flush_seconds)
             health.report_problem(PROBLEM, f"history not written: {exc}")
+            self._flush_failed = True
         else:
             health.clear_problem(PROBLEM)
+            self._flush_failed = False
 
     def _flush_span(self, f: IO[bytes], start: int, stop: int) -> int:
         assert self.history is not None
@@ -172,6 +182,9 @@ class Archive:
     async def rotate(self) -> bool:
         """Rotate the live file once the history has its rows; whether it was moved (the
         sink then opens the new live file, even if starting it failed)."""
+        if self._flush_failed and (time.monotonic() - self._last_flush
+                                   < self.policy.flush_seconds):
+            return False  # the history failed a moment ago: not again on every pass
         if not await self.settle():
             return False
         last = tail_pos(self._file)

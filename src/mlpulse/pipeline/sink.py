@@ -271,7 +271,7 @@ class CsvSink:
         if opened is None:
             return False
         self._f = opened[0]
-        await self.archive.open(self._f, None)
+        self.archive.rotated(self._f)
         return True
 
     async def _settle(self, last_id: str, before: str | None,
