@@ -133,6 +133,9 @@ class HistoryWriter:
         self.root = root
         self.rollups = root / ROLLUPS
         self.checkpoint: Pos | None = None
+        # The size of a flush that failed part-way in this process: the next flush must
+        # cover exactly the same log bytes, so its files get the same names.
+        self.pending_bytes: int | None = None
 
     # --- the checkpoint -------------------------------------------------------------
 
@@ -189,9 +192,14 @@ class HistoryWriter:
         if last is None or (self.checkpoint is not None and last <= self.checkpoint):
             raise HistoryError(f"rows out of order in the metric log: {last} after "
                                f"{self.checkpoint}")
+        if self.pending_bytes is not None and self.pending_bytes != len(data):
+            raise HistoryError(f"a failed flush of {self.pending_bytes} bytes must be "
+                               f"tried again as it was, not with {len(data)}")
         self._save(self.checkpoint, {"to": pos_text(last), "bytes": len(data)})
+        self.pending_bytes = len(data)
         self._write_files(table, last, redo=False)
         self._save(last, None)
+        self.pending_bytes = None
         self.checkpoint = last
         return last
 

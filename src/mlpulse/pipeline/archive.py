@@ -99,7 +99,8 @@ class Archive:
         self._halt = threading.Event()
 
     async def open(self, f: IO[bytes], first_row_at: float | None) -> None:
-        """Take up a freshly opened live file (at start, and after each rotation)."""
+        """Take up the live file at start: finish what a killed flush left, and find where
+        the rows not yet in the history start."""
         self._file = f
         self.end = f.seek(0, os.SEEK_END)
         self.first_row_at = first_row_at
@@ -139,8 +140,7 @@ class Archive:
         assert self.history is not None
         self._last_flush = time.monotonic()
         try:
-            self.unflushed = await asyncio.to_thread(self._flush_span, f, self.unflushed,
-                                                     stop)
+            await asyncio.to_thread(self._flush_span, f, stop)
         except (OSError, pa.ArrowException, HistoryError) as exc:
             log.warning("history: rows not written yet (%s); trying again in %.0f s",
                         exc, self.policy.flush_seconds)
@@ -150,16 +150,19 @@ class Archive:
             health.clear_problem(PROBLEM)
             self._flush_failed = False
 
-    def _flush_span(self, f: IO[bytes], start: int, stop: int) -> int:
+    def _flush_span(self, f: IO[bytes], stop: int) -> None:
+        """Flush the log from `unflushed` to `stop` in pieces, moving `unflushed` past each
+        piece the history has taken (so a failure part-way resumes after it)."""
         assert self.history is not None
-        while start < stop:
-            data = os.pread(f.fileno(), min(stop - start, MAX_FLUSH_BYTES), start)
+        while self.unflushed < stop:
+            # A flush that failed part-way is tried again over exactly the same bytes.
+            size = self.history.pending_bytes or min(stop - self.unflushed, MAX_FLUSH_BYTES)
+            data = os.pread(f.fileno(), size, self.unflushed)
             data = data[: data.rfind(b"\n") + 1]
             if not data:
                 break
             self.history.flush(data)
-            start += len(data)
-        return start
+            self.unflushed += len(data)
 
     async def settle(self) -> bool:
         """Put every row written so far into the history; whether that worked."""
