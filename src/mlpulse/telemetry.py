@@ -35,6 +35,14 @@ RMSE = Gauge("mlpulse_rmse", "Root mean squared error of everything joined so fa
 ERROR_CHANGES = Counter("mlpulse_error_changes", "Changes of the error level detected",
                         ["model_version"])
 
+HISTORY_ROWS = Counter("mlpulse_history_rows", "Joined rows written to the Parquet history")
+HISTORY_FLUSH_SECONDS = Histogram("mlpulse_history_flush_seconds",
+                                  "Time to put one flush of log rows into the history",
+                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+HISTORY_BEHIND_BYTES = Gauge("mlpulse_history_behind_bytes",
+                             "Bytes of the live log not yet in the history")
+LOG_ROTATIONS = Counter("mlpulse_log_rotations", "Rotations of the metric log")
+
 
 def serve(port: int | None, host: str) -> None:
     """Serve this process's metrics on `port`, when one is set."""

@@ -27,7 +27,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from mlpulse import health
+from mlpulse import health, telemetry
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.history.drift_rollups import DriftArchive
@@ -123,6 +123,8 @@ class Archive:
 
     def wrote(self, end: int, now: float) -> None:
         self.end = end
+        if self.history is not None:
+            telemetry.HISTORY_BEHIND_BYTES.set(end - self.unflushed)
         if self.first_row_at is None:
             self.first_row_at = now
 
@@ -161,8 +163,12 @@ class Archive:
             data = data[: data.rfind(b"\n") + 1]
             if not data:
                 break
+            started = time.perf_counter()
             self.history.flush(data)
+            telemetry.HISTORY_FLUSH_SECONDS.observe(time.perf_counter() - started)
+            telemetry.HISTORY_ROWS.inc(data.count(b"\n"))
             self.unflushed += len(data)
+            telemetry.HISTORY_BEHIND_BYTES.set(max(0, self.end - self.unflushed))
 
     async def settle(self) -> bool:
         """Put every row written so far into the history; whether that worked."""
@@ -196,6 +202,7 @@ class Archive:
         except OSError as exc:
             log.warning("cannot rotate %s yet: %s", self.live, exc)
             return not self.live.exists()
+        telemetry.LOG_ROTATIONS.inc()
         self._wake.set()
         return True
 
