@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlpulse.drift import COARSE_SECONDS, Reference, Thresholds, bucket_key, trend
-from mlpulse.history.layout import DRIFT, covered, file_name, partition_name, write_atomic
+from mlpulse.history.layout import (
+    DRIFT,
+    covered,
+    file_name,
+    partition_name,
+    read_checkpoint,
+    write_checkpoint,
+)
 from mlpulse.history.query import Scan, scan
 from mlpulse.history.writer import write_parquet
 from mlpulse.keys import DRIFT_VERSIONS
@@ -50,21 +56,13 @@ class DriftArchive:
     def __init__(self, root: Path) -> None:
         self.base = root / DRIFT
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            doc: dict[str, Any] = orjson.loads((self.base / _CHECKPOINT).read_bytes())
-        except FileNotFoundError:
-            return {}
-        return doc
-
     def _save(self, minute: int | None, pending: dict[str, int] | None) -> None:
-        doc = {"minute": minute, "pending": pending}
-        write_atomic(self.base / _CHECKPOINT, lambda fh: fh.write(orjson.dumps(doc)))
+        write_checkpoint(self.base / _CHECKPOINT, {"minute": minute, "pending": pending})
 
     async def export(self, redis: Redis, now: float, keep: int) -> int:
         """Copy every complete minute not yet copied (at most the last `keep` seconds, what
         Redis still holds); returns how many rows went in."""
-        doc = await asyncio.to_thread(self._load)
+        doc = await asyncio.to_thread(read_checkpoint, self.base / _CHECKPOINT)
         done: int | None = doc.get("minute")
         pending: dict[str, int] | None = doc.get("pending")
         if pending:

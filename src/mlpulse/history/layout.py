@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import orjson
 import pyarrow as pa
 
 # The metric log's columns, in order; the history's rows have the same names.
@@ -170,6 +171,19 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint document, or {} before the first was written."""
+    try:
+        doc: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    return doc
+
+
+def write_checkpoint(path: Path, doc: dict[str, Any]) -> None:
+    write_atomic(path, lambda fh: fh.write(orjson.dumps(doc)))
 
 
 def temporaries(base: Path) -> Iterator[Path]:

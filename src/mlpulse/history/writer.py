@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -47,9 +46,11 @@ from mlpulse.history.layout import (
     partition_name,
     partitions,
     pos_text,
+    read_checkpoint,
     sort_key,
     temporaries,
     write_atomic,
+    write_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,9 @@ class HistoryWriter:
 
     # --- the checkpoint -------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = orjson.loads((self.root / CHECKPOINT).read_bytes())
-        except FileNotFoundError:
-            return {}
-        return data
-
     def _save(self, pos: Pos | None, pending: dict[str, Any] | None) -> None:
-        doc = {"pos": pos_text(pos) if pos else None, "pending": pending}
-        write_atomic(self.root / CHECKPOINT, lambda fh: fh.write(orjson.dumps(doc)))
+        write_checkpoint(self.root / CHECKPOINT,
+                         {"pos": pos_text(pos) if pos else None, "pending": pending})
 
     # --- recovery and flushing ------------------------------------------------------
 
@@ -160,7 +154,7 @@ class HistoryWriter:
         for base in (self.root, self.rollups, self.root / DRIFT):
             for doomed in base.glob("date=*/.hour=*.deleting"):
                 shutil.rmtree(doomed, ignore_errors=True)
-        doc = self._load()
+        doc = read_checkpoint(self.root / CHECKPOINT)
         self.checkpoint = parse_pos(doc["pos"]) if doc.get("pos") else None
         pending = doc.get("pending")
         if pending:
