@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import re
 import time
 from collections import Counter
@@ -175,3 +176,7 @@ def test_kill_9_of_the_metric_role_across_rotations_keeps_every_file_exactly_onc
     by_id = dict(zip(scan.table.column("id").to_pylist(),
                      scan.table.column("absolute_error").to_pylist(), strict=True))
     assert all(by_id[r[0]] == float(r[3]) for r in rows)
+    rollups = query.read_rollups(env.root / "logs" / "history", 0, 4e9)
+    assert sum(rollups.table.column("count").to_pylist()) == TOTAL  # exactly once too
+    assert math.isclose(sum(rollups.table.column("sum").to_pylist()),
+                        sum(float(r[3]) for r in rows), rel_tol=1e-9)
