@@ -55,54 +55,82 @@ class Scan:
     skipped: list[str] = field(default_factory=list)
 
 
-def _read_file(path: Path, columns: list[str], schema: pa.Schema,
-               skipped: list[str]) -> pa.Table | None:
+def _read_file(path: Path, want: _Want, skipped: list[str]) -> pa.Table | None:
+    """The rows of one file in the range (reading only the row groups that may hold some),
+    or None if it has none or cannot be read."""
     try:
         with pq.ParquetFile(path, read_dictionary=["model_version"]) as pf:
-            table = pf.read(columns=columns)
-        return table.cast(pa.schema([_field(schema, c, table) for c in columns]))
+            groups = _row_groups(pf, want)
+            if not groups:
+                return None
+            table = pf.read_row_groups(groups, columns=want.read)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException, KeyError) as exc:
         log.warning("history: skipping %s, which cannot be read: %s", path, exc)
         skipped.append(str(path))
         return None
-
-
-def _field(schema: pa.Schema, name: str, table: pa.Table) -> pa.Field:
+    t = table.column(want.time_column)
+    keep = pc.and_(pc.greater_equal(t, want.since), pc.less(t, want.until))
+    if want.version is not None:
+        keep = pc.and_(keep, pc.equal(table.column("model_version").cast(pa.string()),
+                                      want.version))
+    table = table.filter(keep).select(want.columns)
     # model_version is read as a dictionary; every other column as the schema says.
-    return table.schema.field(name) if name == "model_version" else schema.field(name)
+    return table.cast(pa.schema([table.schema.field(c) if c == "model_version"
+                                 else want.schema.field(c) for c in want.columns]))
+
+
+@dataclass(frozen=True)
+class _Want:
+    """What a scan reads: the columns it returns, the range, the version."""
+
+    columns: list[str]
+    schema: pa.Schema
+    time_column: str
+    since: float
+    until: float
+    version: str | None
+
+    @property
+    def read(self) -> list[str]:
+        return list(dict.fromkeys([*self.columns, self.time_column]
+                                  + (["model_version"] if self.version is not None else [])))
+
+
+def _row_groups(pf: pq.ParquetFile, want: _Want) -> list[int]:
+    """The row groups whose time statistics overlap the range (all, without statistics)."""
+    md = pf.metadata
+    index = pf.schema_arrow.get_field_index(want.time_column)
+    groups = []
+    for i in range(md.num_row_groups):
+        stats = md.row_group(i).column(index).statistics if index >= 0 else None
+        if (stats is None or not stats.has_min_max
+                or (stats.max >= want.since and stats.min < want.until)):
+            groups.append(i)
+    return groups
 
 
 def scan(base: Path, since: float, until: float, columns: list[str], schema: pa.Schema,
-          time_column: str, version: str | None) -> Iterator[tuple[pa.Table, list[str]]]:
+         time_column: str, version: str | None) -> Iterator[tuple[pa.Table, list[str]]]:
     """Per hour partition touching [since, until): its rows in range, and files skipped."""
-    wanted = list(dict.fromkeys([*columns, time_column]
-                                + (["model_version"] if version is not None else [])))
+    want = _Want(columns, schema, time_column, since, until, version)
     for p in partitions(base, since, until):
         for attempt in range(_RETRIES):
             skipped: list[str] = []
             try:
                 live, _ = files(p.path)
-                tables = [t for f in live
-                          if (t := _read_file(f, wanted, schema, skipped)) is not None]
+                tables = [t for f in live if (t := _read_file(f, want, skipped)) is not None]
                 break
             except FileNotFoundError:
                 # Compaction replaced a file between listing and reading: list again.
                 if attempt == _RETRIES - 1:
                     raise
-        if not tables:
-            if skipped:
-                yield pa.Table.from_batches([], schema=pa.schema(
-                    [schema.field(c) for c in columns])), skipped
-            continue
-        table = pa.concat_tables(tables, promote_options="permissive")
-        t = table.column(time_column)
-        keep = pc.and_(pc.greater_equal(t, since), pc.less(t, until))
-        if version is not None:
-            keep = pc.and_(keep, pc.equal(table.column("model_version").cast(pa.string()),
-                                          version))
-        yield table.filter(keep).select(columns), skipped
+        if tables:
+            yield pa.concat_tables(tables, promote_options="permissive"), skipped
+        elif skipped:
+            yield pa.Table.from_batches([], schema=pa.schema(
+                [schema.field(c) for c in columns])), skipped
 
 
 def read_rows(root: Path, since: float, until: float, columns: list[str],
@@ -282,13 +310,15 @@ def summarize(root: Path, since: float | None, until: float | None,
     since = 0.0 if since is None else since
     if until - since <= ROWS_RANGE:
         scan = read_rows(root, since, until, ["absolute_error"], version)
-        errors = np.sort(scan.table.column("absolute_error").to_numpy())
+        errors = scan.table.column("absolute_error").to_numpy()
         if not errors.size:
             return Summary(0, None, None, None, {}, True, errors, None, scan.skipped)
+        n = int(errors.size)
+        quantiles = np.quantile(errors, QUANTILES)
         return Summary(
-            int(errors.size), float(errors.mean()), math.sqrt(float((errors ** 2).mean())),
-            float(errors[-1]),
-            {f"p{round(q * 100)}": float(np.quantile(errors, q)) for q in QUANTILES},
+            n, float(errors.sum()) / n, math.sqrt(float(np.dot(errors, errors)) / n),
+            float(errors.max()),
+            {f"p{round(q * 100)}": float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
             True, errors, None, scan.skipped)
     scan = read_rollups(root, math.floor(since / 60) * 60, until, version)
     table = scan.table
