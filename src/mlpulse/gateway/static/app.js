@@ -48,12 +48,12 @@
     return { ctx, w, h };
   }
 
-  function axes(ctx, w, h, pad, yMax, label) {
+  function axes(ctx, w, h, pad, yMax, label, format) {
     ctx.strokeStyle = "#e2e8f0"; ctx.fillStyle = "#64748b"; ctx.lineWidth = 1;
     for (let i = 0; i <= 4; i++) {
       const y = pad.t + (h - pad.t - pad.b) * (1 - i / 4);
       ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(w - pad.r, y); ctx.stroke();
-      ctx.fillText(fmt(yMax * i / 4, yMax < 10 ? 1 : 0), 4, y + 3);
+      ctx.fillText(format ? format(yMax * i / 4) : fmt(yMax * i / 4, yMax < 10 ? 1 : 0), 4, y + 3);
     }
     ctx.fillText(label, pad.l, h - 4);
   }
@@ -705,6 +705,434 @@
     headers: { "Content-Type": "application/json" }, body: JSON.stringify({ minutes: 60 }) }, "Report"));
   $("t-retrain").addEventListener("click", () => submit("retrain", {}, "Retraining"));
 
+  // ------------------------------------------------------------ history (a time range)
+  // Live is the page as it always was; any other range adds the History panel, drawn from
+  // /api/history: once for all versions combined, then once per version that answer lists.
+  // The range lives in the URL's fragment (the query string belongs to the sign-in), so a
+  // view can be shared and reloaded, and back and forward walk through the ranges chosen.
+  const RANGES = { "15m": 900, "1h": 3600, "24h": 86400, "7d": 604800 };
+  const RANGE_NAMES = { "15m": "15 min", "1h": "1 h", "24h": "24 h", "7d": "7 d" };
+  const HISTORY_REFRESH_MS = 30000;
+  const HISTORY_METRICS = ["mae", "rmse", "p95", "count"];
+  const HISTORY_PAD = { l: 42, r: 10, t: 8, b: 20 };
+  // Line colours, none like the grid's, the axis text's or the combined line's (ink, dashed).
+  const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+  const ALL_COLOUR = "#0f172a";
+  const TIME_TICKS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200];
+  // The steps /api/history answers in; the page asks for about 120 points a line, which a
+  // chart a phone wide still draws apart (the API's default, 240, runs dots together).
+  const HISTORY_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+                         21600, 43200, 86400, 604800];
+  const HISTORY_POINTS = 120;
+  // range: what the URL says; view: the last answers for it; chart: those laid out per step.
+  const past = { range: { key: "live" }, view: null, error: null, chart: null, gen: 0, timer: 0,
+                 hover: null, editing: false };
+  state.history = past;
+
+  const day = (t) => new Date(t * 1000).toLocaleDateString([], { month: "short", day: "numeric" });
+  const sameDay = (a, b) => new Date(a * 1000).toDateString() === new Date(b * 1000).toDateString();
+  const pad2 = (n) => String(n).padStart(2, "0");
+  // Axis numbers: three significant digits, thousands and millions shortened.
+  const tickText = (v) => v >= 1e6 ? `${+(v / 1e6).toFixed(1)}M` : v >= 1e4 ? `${+(v / 1e3).toFixed(1)}k`
+    : String(+v.toPrecision(3));
+  const metricText = (metric, v) => metric === "count" ? fmt(v) : quantity(v);
+
+  // The range a fragment names; null for a fragment that is an anchor (#alerts), not a range.
+  function parseRange(hash) {
+    const text = hash.replace(/^#/, "");
+    const p = new URLSearchParams(text);
+    if (p.has("range")) return Object.hasOwn(RANGES, p.get("range")) ? { key: p.get("range") } : { key: "live" };
+    if (p.has("since") || p.has("until")) {
+      const since = Number(p.get("since")), until = Number(p.get("until"));
+      const ok = p.get("since") && p.get("until") && Number.isFinite(since) && Number.isFinite(until)
+        && until > since;
+      return ok ? { key: "custom", since, until } : { key: "live" };
+    }
+    return text ? null : { key: "live" };
+  }
+
+  const rangeHash = (r) => r.key === "live" ? "" : r.key === "custom"
+    ? `#since=${Math.floor(r.since)}&until=${Math.ceil(r.until)}` : `#range=${r.key}`;
+  const sameRange = (a, b) => a.key === b.key && a.since === b.since && a.until === b.until;
+
+  // A choice on the page goes into the URL as a new history entry, and from there onto the page.
+  function chooseRange(r) {
+    const hash = rangeHash(r);
+    if (hash === location.hash) {
+      applyRange(r, true);  // the range shown, chosen again: read it again
+    } else if (hash) {
+      location.hash = hash;  // hashchange applies it
+    } else {
+      window.history.pushState(null, "", location.pathname + location.search);
+      applyRange(r);
+    }
+  }
+
+  function fromUrl() {
+    const r = parseRange(location.hash);
+    if (r) applyRange(r);
+  }
+
+  function applyRange(r, again) {
+    const changed = !sameRange(r, past.range);
+    past.range = r;
+    past.editing = r.key === "custom" && past.editing;
+    if (r.key === "custom") fillCustom(r.since, r.until);
+    const live = r.key === "live";
+    renderPicker();
+    $("history").hidden = live;
+    $("live-head").hidden = live;
+    document.body.dataset.range = r.key;
+    if (!changed && !again) return;
+    clearInterval(past.timer);
+    past.gen++;  // an answer still on its way is for the range before
+    if (changed) { past.view = null; past.chart = null; past.error = null; past.hover = null; }
+    if (live) { $("history").dataset.state = "off"; return; }
+    loadHistory();
+    if (RANGES[r.key]) past.timer = setInterval(loadHistory, HISTORY_REFRESH_MS);
+  }
+
+  function renderPicker() {
+    const custom = past.range.key === "custom" || past.editing;
+    for (const b of $("r-picker").querySelectorAll("button[data-range]")) {
+      const key = b.dataset.range;
+      b.setAttribute("aria-pressed", String(key === "custom" ? custom : !custom && key === past.range.key));
+    }
+    $("r-custom").hidden = !custom;
+  }
+
+  const localInput = (t) => {
+    const d = new Date(t * 1000);
+    return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}T${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
+  };
+
+  function fillCustom(since, until) {
+    $("r-since").value = localInput(since);
+    $("r-until").value = localInput(until);
+    $("r-error").textContent = "";
+  }
+
+  $("r-picker").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-range]");
+    if (!b) return;
+    if (b.dataset.range !== "custom") {
+      past.editing = false;
+      chooseRange({ key: b.dataset.range });
+      return;
+    }
+    // The editor opens on what is shown (the last hour when live); Apply makes it the range.
+    const now = Date.now() / 1000;
+    past.editing = true;
+    if (past.view) fillCustom(past.view.since, past.view.until); else fillCustom(now - 3600, now);
+    renderPicker();
+    $("r-since").focus();
+  });
+
+  $("r-custom").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    // A datetime-local value has no zone, and is read as the browser's local time.
+    const since = Date.parse($("r-since").value) / 1000, until = Date.parse($("r-until").value) / 1000;
+    if (!Number.isFinite(since) || !Number.isFinite(until)) {
+      $("r-error").textContent = "Pick a start and an end.";
+    } else if (until <= since) {
+      $("r-error").textContent = "The end must be after the start.";
+    } else {
+      $("r-error").textContent = "";
+      past.editing = false;
+      chooseRange({ key: "custom", since, until });
+    }
+  });
+
+  $("r-custom").addEventListener("keydown", (ev) => {
+    if (ev.key !== "Escape") return;
+    past.editing = false;  // the range stays as it was
+    renderPicker();
+  });
+
+  // A badge link would replace the range in the URL with #alerts: scroll there instead.
+  $("alert-count").addEventListener("click", (ev) => {
+    if (past.range.key === "live") return;
+    ev.preventDefault();
+    $("alerts").scrollIntoView({ behavior: "smooth" });
+  });
+
+  async function getHistory(params) {
+    const query = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined) query.set(k, String(v));
+    const r = await fetch(`/api/history?${query}`, { cache: "no-store" });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(errorText(r, body));
+    return body;
+  }
+
+  async function loadHistory() {
+    const gen = ++past.gen;
+    const r = past.range;
+    // Whole seconds, so that the range on the page is one anyone can ask for again.
+    const until = r.key === "custom" ? r.until : Math.ceil(Date.now() / 1000);
+    const since = r.key === "custom" ? r.since : until - RANGES[r.key];
+    const panel = $("history");
+    panel.setAttribute("aria-busy", "true");
+    if (!past.view) renderHistory();
+    try {
+      const want = (until - since) / HISTORY_POINTS;
+      const step = HISTORY_STEPS.find((s) => s >= want) || HISTORY_STEPS[HISTORY_STEPS.length - 1];
+      const all = await getHistory({ since, until, step });
+      if (gen !== past.gen) return;
+      const names = all.versions || [];
+      // The same step for every line, so that their points line up.
+      const answers = await Promise.all(names.map((v) =>
+        getHistory({ since, until, step: all.step, model_version: v })));
+      if (gen !== past.gen) return;
+      past.view = { key: r.key, since, until, all, versions: names.map((name, i) => ({ name, answer: answers[i] })) };
+      past.error = null;
+    } catch (err) {
+      if (gen !== past.gen) return;
+      past.error = err.message;  // a failed refresh leaves the last answer on the page
+    }
+    panel.removeAttribute("aria-busy");
+    renderHistory();
+  }
+
+  // Colours follow the version's name, so a version keeps its colour from range to range.
+  function coloursOf(names) {
+    const colours = new Map(), used = new Set();
+    for (const name of names) {
+      let i = [...name].reduce((h, ch) => (h * 31 + ch.codePointAt(0)) >>> 0, 7) % PALETTE.length;
+      while (used.has(i) && used.size < PALETTE.length) i = (i + 1) % PALETTE.length;
+      used.add(i);
+      colours.set(name, PALETTE[i]);
+    }
+    return colours;
+  }
+
+  // Figures over the whole range from the points: all exact but the p95, of which only
+  // the highest step's is known.
+  function totals(points) {
+    let count = 0, sum = 0, squares = 0, p95 = null, max = null;
+    for (const p of points) {
+      count += p.count; sum += p.mae * p.count; squares += p.rmse * p.rmse * p.count;
+      p95 = p95 === null ? p.p95 : Math.max(p95, p.p95);
+      max = max === null ? p.max : Math.max(max, p.max);
+    }
+    return { count, mae: count ? sum / count : null, rmse: count ? Math.sqrt(squares / count) : null, p95, max };
+  }
+
+  function layOut(v) {
+    const step = v.all.step, first = Math.floor(v.since / step) * step;
+    const n = Math.max(1, Math.ceil((v.until - first) / step));
+    const colours = coloursOf(v.versions.map((x) => x.name));
+    const lines = v.versions.map((x) => ({ name: x.name, label: x.name || "(no version)",
+                                           colour: colours.get(x.name), points: x.answer.series || [], all: false }));
+    // The combined line says something only beside two versions or more.
+    if (lines.length !== 1) {
+      lines.unshift({ name: "*", label: "all versions", colour: ALL_COLOUR, points: v.all.series, all: true });
+    }
+    for (const line of lines) {
+      // A step without a point had no events: a count of 0, and no error to draw.
+      line.values = Object.fromEntries(HISTORY_METRICS.map((m) => [m, new Array(n).fill(m === "count" ? 0 : null)]));
+      for (const p of line.points) {
+        const i = Math.round((p.t - first) / step);
+        if (i < 0 || i >= n) continue;
+        for (const m of HISTORY_METRICS) line.values[m][i] = p[m];
+      }
+      line.totals = totals(line.points);
+    }
+    return { since: v.since, until: v.until, step, first, n, lines };
+  }
+
+  function rangeText(v) {
+    const span = v.until - v.since;
+    const at = (t) => span > 86400 || !sameDay(t, Date.now() / 1000) ? `${day(t)} ${clock(t)}` : clock(t);
+    return sameDay(v.since, v.until) && span <= 86400
+      ? `${at(v.since)}–${clock(v.until)}` : `${at(v.since)} – ${at(v.until)}`;
+  }
+
+  function renderHistory() {
+    const panel = $("history"), v = past.view, warn = $("h-warn");
+    if (past.range.key === "live") return;
+    const warnings = [];
+    if (past.error) warnings.push(`${v ? "Not refreshed" : "History unavailable"}: ${past.error}`);
+    if (!v) {
+      panel.dataset.state = past.error ? "error" : "loading";
+      $("h-note").textContent = past.error ? "" : "loading…";
+      warn.hidden = !warnings.length; warn.textContent = warnings.join(" ");
+      $("h-empty").hidden = true; $("h-body").hidden = true;
+      return;
+    }
+    const all = v.all, answers = [all, ...v.versions.map((x) => x.answer)];
+    const complete = answers.every((a) => a.complete !== false);
+    if (!complete) {
+      const skipped = Math.max(...answers.map((a) => a.skipped_files || 0));
+      warnings.unshift(`Incomplete: ${fmt(skipped)} history file${skipped === 1 ? "" : "s"} could not be read, ` +
+                       "so these figures leave their rows out.");
+    }
+    warn.hidden = !warnings.length; warn.textContent = warnings.join(" ");
+    Object.assign(panel.dataset, { range: v.key, since: String(v.since), until: String(v.until),
+                                   step: String(all.step), complete: String(complete) });
+    $("h-note").textContent = [
+      RANGES[v.key] ? `last ${RANGE_NAMES[v.key]}` : "", rangeText(v), `per ${windowName(all.step)}`,
+      all.source === "rows" ? "from the rows" : "from per-minute rollups",
+      all.quantiles === "bin" ? "p95 within one 4.4 % bin" : "",
+      RANGES[v.key] ? "refreshed every 30 s" : "",
+    ].filter(Boolean).join(" · ");
+    const empty = !(all.series || []).length;
+    $("h-empty").hidden = !empty;
+    $("h-body").hidden = empty;
+    past.chart = empty ? null : layOut(v);
+    panel.dataset.state = empty ? "empty" : "ready";
+    if (empty) return;
+    const sum = totals(all.series);
+    const caption = (metric, value) => {
+      const el = $(`h-v-${metric}`);
+      el.textContent = metricText(metric, value);
+      el.dataset.value = missing(value) ? "" : String(value);
+    };
+    caption("mae", sum.mae); caption("rmse", sum.rmse); caption("p95", sum.p95); caption("count", sum.count);
+    const binned = all.quantiles === "bin";
+    $("h-q").textContent = binned ? "highest step · binned" : "highest step · exact";
+    $("h-q").title = binned ? "p95 within one 4.4 % bin: ranges over 2 h are read from per-minute rollups"
+      : "p95 exact: read from the rows";
+    $("h-per").textContent = `in the range · per ${windowName(all.step)}`;
+    const lines = past.chart.lines;
+    $("h-legend").replaceChildren(...lines.map((line) => {
+      const key = span(line.label, `key h-key${line.all ? " all" : ""}`);
+      key.dataset.version = line.name;
+      key.style.setProperty("--c", line.colour);
+      return key;
+    }));
+    $("h-summary").replaceChildren(...lines.map((line) => {
+      const tr = document.createElement("tr");
+      tr.dataset.version = line.name;
+      if (line.all) tr.className = "all";
+      const name = cell("");
+      const swatch = span("", "swatch");
+      swatch.style.setProperty("--c", line.colour);
+      name.append(swatch, document.createTextNode(line.label));
+      name.title = line.label;
+      const t = line.totals, count = cell(fmt(t.count), "count");
+      count.dataset.value = String(t.count);
+      tr.append(name, count, cell(quantity(t.mae)), cell(quantity(t.rmse)), cell(quantity(t.p95)), cell(quantity(t.max)));
+      return tr;
+    }));
+    drawHistoryCharts();
+  }
+
+  function timeTicks(since, until, room) {
+    const span = until - since, most = Math.max(2, Math.floor(room / 52));
+    const ticks = [];
+    if (span <= 86400) {  // HH:MM on local round times
+      const step = TIME_TICKS.find((s) => span / s <= most) || TIME_TICKS[TIME_TICKS.length - 1];
+      const east = -new Date(since * 1000).getTimezoneOffset() * 60;
+      for (let t = Math.ceil((since + east) / step) * step - east; t <= until; t += step) ticks.push([t, clock(t)]);
+      return ticks;
+    }
+    const days = [1, 2, 3, 7, 14].find((d) => span / (d * 86400) <= most) || Math.ceil(span / 86400 / most);
+    const d = new Date(since * 1000);
+    d.setHours(0, 0, 0, 0);
+    if (d.getTime() / 1000 < since) d.setDate(d.getDate() + 1);
+    for (; d.getTime() / 1000 <= until; d.setDate(d.getDate() + days)) ticks.push([d.getTime() / 1000, day(d.getTime() / 1000)]);
+    return ticks;
+  }
+
+  function drawHistoryChart(metric) {
+    const c = past.chart, el = $(`h-${metric}`), pad = HISTORY_PAD;
+    const { ctx, w, h } = canvas(el);
+    let top = 0;
+    for (const line of c.lines) for (const v of line.values[metric]) if (!missing(v) && v > top) top = v;
+    const max = top > 0 ? roundUp(top * 1.1) : 1;
+    axes(ctx, w, h, pad, max, "", tickText);
+    const at = (t) => pad.l + (w - pad.l - pad.r) * Math.min(1, Math.max(0, (t - c.since) / (c.until - c.since)));
+    const x = (i) => at(c.first + (i + 0.5) * c.step);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    ctx.textAlign = "center";
+    for (const [t, text] of timeTicks(c.since, c.until, w - pad.l - pad.r)) {
+      const tx = at(t), half = ctx.measureText(text).width / 2;
+      ctx.strokeStyle = "#f1f5f9";
+      ctx.beginPath(); ctx.moveTo(tx, pad.t); ctx.lineTo(tx, h - pad.b); ctx.stroke();
+      ctx.strokeStyle = "#cbd5e1";
+      ctx.beginPath(); ctx.moveTo(tx, h - pad.b); ctx.lineTo(tx, h - pad.b + 4); ctx.stroke();
+      ctx.fillText(text, Math.min(Math.max(tx, half + 1), w - half - 1), h - 5);
+    }
+    ctx.textAlign = "left";
+    for (const line of c.lines) {
+      ctx.strokeStyle = ctx.fillStyle = line.colour;
+      ctx.lineWidth = line.all ? 1.5 : 2;
+      ctx.setLineDash(line.all ? [5, 4] : []);
+      trace(ctx, line.values[metric], x, y);
+    }
+    ctx.setLineDash([]);
+    el.dataset.lines = JSON.stringify(c.lines.map((line) => line.name));
+    if (past.hover === null || past.hover >= c.n) return;
+    const hx = x(past.hover);
+    ctx.strokeStyle = "#94a3b8"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.moveTo(hx, pad.t); ctx.lineTo(hx, h - pad.b); ctx.stroke();
+    for (const line of c.lines) {
+      const v = line.values[metric][past.hover];
+      if (missing(v)) continue;
+      ctx.fillStyle = line.colour;
+      ctx.beginPath(); ctx.arc(hx, y(v), 3.5, 0, 2 * Math.PI); ctx.fill();
+    }
+  }
+
+  function drawHistoryCharts() {
+    if (!past.chart || $("history").hidden) return;
+    for (const metric of HISTORY_METRICS) drawHistoryChart(metric);
+  }
+
+  // The values of every line in the step under the pointer, beside it.
+  function showTip(fig, px) {
+    const c = past.chart, metric = fig.dataset.metric, tip = fig.querySelector(".h-tip");
+    const t = c.first + past.hover * c.step, span_ = c.until - c.since;
+    const when = c.step >= 86400 ? day(t)
+      : `${span_ > 86400 || !sameDay(t, Date.now() / 1000) ? `${day(t)} ` : ""}${clock(t, c.step < 60)}–${clock(t + c.step, c.step < 60)}`;
+    const rows = c.lines.map((line) => {
+      const row = span("", "row");
+      const swatch = span("", `swatch${line.all ? " all" : ""}`);
+      swatch.style.setProperty("--c", line.colour);
+      row.append(swatch, span(line.label, "who"), span(metricText(metric, line.values[metric][past.hover]), "num"));
+      return row;
+    });
+    tip.replaceChildren(span(when, "when"), ...rows);
+    tip.hidden = false;
+    const el = fig.querySelector("canvas"), width = tip.offsetWidth, room = fig.clientWidth;
+    const left = px + 14 + width <= room ? px + 14 : px - 14 - width;
+    tip.style.left = `${Math.max(0, Math.min(left, room - width))}px`;
+    tip.style.top = `${el.offsetTop + HISTORY_PAD.t}px`;
+  }
+
+  function hideTips() {
+    for (const tip of document.querySelectorAll("#history .h-tip")) tip.hidden = true;
+  }
+
+  function hoverAt(fig, ev) {
+    const c = past.chart;
+    if (!c) return;
+    const rect = fig.querySelector("canvas").getBoundingClientRect(), pad = HISTORY_PAD;
+    const px = ev.clientX - rect.left;
+    const share = Math.min(1, Math.max(0, (px - pad.l) / (rect.width - pad.l - pad.r)));
+    const t = c.since + share * (c.until - c.since);
+    past.hover = Math.min(c.n - 1, Math.max(0, Math.floor((t - c.first) / c.step)));
+    drawHistoryCharts();
+    hideTips();
+    showTip(fig, px);
+  }
+
+  for (const fig of document.querySelectorAll("#history .h-chart")) {
+    const el = fig.querySelector("canvas");
+    el.addEventListener("pointermove", (ev) => hoverAt(fig, ev));
+    el.addEventListener("pointerdown", (ev) => hoverAt(fig, ev));
+    el.addEventListener("pointerleave", (ev) => {
+      if (ev.pointerType !== "mouse") return;  // a finger lifted: the values stay to be read
+      past.hover = null;
+      hideTips();
+      drawHistoryCharts();
+    });
+  }
+  window.addEventListener("resize", () => { hideTips(); drawHistoryCharts(); });
+  window.addEventListener("hashchange", fromUrl);
+  window.addEventListener("popstate", fromUrl);
+
   function setConn(kind, text) {
     const el = $("conn");
     el.className = `conn conn-${kind}`;
@@ -798,6 +1226,7 @@
   }
 
   window.addEventListener("resize", () => render({ histogram: 1, series: 1, drift: 1 }));
+  fromUrl();
   connect();
   whoami();
   refreshPlot();
