@@ -43,7 +43,10 @@ async def test_history_answers_any_signed_in_user_with_exact_points(
     got = reply.json()
     assert got["source"] == "rows"
     assert got["quantiles"] == "exact"
-    assert got["versions"] == ["v1", "v2"]
+    assert got["versions"] == ["v1"]
+    # How far the history reaches: the time of the last outbox entry in it (the test's
+    # entries are numbered from 1,700,000,000,000 ms, 120 of them).
+    assert got["written_until"] == pytest.approx(1_700_000_000.119)
     assert "unavailable" in got["drift"]  # this app has no drift view, and says so
     chosen = [r for r in rows if since <= r[2] < until and r[1] == "v1"]
     assert sum(p["count"] for p in got["series"]) == len(chosen) > 0
@@ -70,7 +73,16 @@ async def test_long_ranges_come_from_rollups_and_bad_ranges_get_422(
     default = await client.get("/api/history", headers=headers)
     assert default.status_code == 200
     assert default.json()["until"] - default.json()["since"] == pytest.approx(3600)
+    both = await client.get("/api/history", params={"since": now - 3600, "until": now,
+                                                    "per_version": "true"}, headers=headers)
+    assert both.status_code == 200
+    answer = both.json()
+    assert answer["versions"] == ["v1", "v2"]
+    assert set(answer["by_version"]) == {"v1", "v2"}
+    assert sum(p["count"] for v in answer["by_version"].values() for p in v) == sum(
+        p["count"] for p in answer["series"]) > 0
     for params in ({"since": now, "until": now - 1}, {"step": 0}, {"step": "x"},
+                   {"since": "nan"}, {"until": "inf"}, {"step": "nan"},
                    {"since": now - 3 * 86400, "until": now, "source": "rows"}):
         reply = await client.get("/api/history", params=params, headers=headers)
         assert reply.status_code == 422, (params, reply.text)

@@ -118,27 +118,28 @@ async def alerts(user: CurrentUser, gw: GatewayDep, limit: int = 100) -> dict[st
 async def history(user: CurrentUser, gw: GatewayDep, since: float | None = None,
                   until: float | None = None, step: float | None = None,
                   model_version: str | None = None,
-                  source: Literal["auto", "rows", "rollups"] = "auto") -> dict[str, Any]:
+                  source: Literal["auto", "rows", "rollups"] = "auto",
+                  per_version: bool = False) -> dict[str, Any]:
     """Count, MAE, RMSE, p95 and max per step of joined time over [since, until) (Unix
     seconds; the last hour by default), for one model version or all combined. Points
     only where there is data. Ranges up to 2 h come from the rows (quantiles exact),
     longer ones from per-minute rollups (`"quantiles": "bin"`: within one 4.4 % bin); the
     step is raised to keep at most 10,000 points. `versions` lists the versions seen, and
-    `complete` is false when a history file could not be read. With a model version,
+    `complete` is false when a history file could not be read, and `written_until` says
+    how far the history reaches (the newest rows join it within
+    MLPULSE_HISTORY_FLUSH_SECONDS). `per_version=true` adds `by_version`, a series per
+    version from the same read. With a model version,
     `drift` gives per step (of scoring time, whole minutes) the events, the estimated MAE
     and the PSI of each feature and of the prediction against the version's reference."""
     now = time.time()
     until = now if until is None else until
     since = until - 3600 if since is None else since
-    if step is not None and not step > 0:
-        raise HTTPException(422, "step must be a positive number of seconds")
     root = gw.settings.history_path
     try:
         answer = await asyncio.to_thread(query.series, root, since, until, step,
-                                         model_version, source)
+                                         model_version, source, per_version)
     except query.RangeError as exc:
         raise HTTPException(422, str(exc)) from None
-    answer["versions"] = await asyncio.to_thread(query.versions, root, since, until)
     answer["drift"] = await _drift_history(gw, answer, model_version)
     return answer
 

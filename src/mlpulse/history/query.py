@@ -24,7 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlpulse.history import rollup
-from mlpulse.history.layout import ROLLUP_SCHEMA, ROLLUPS, ROW_SCHEMA, files, partitions
+from mlpulse.history.layout import (
+    CHECKPOINT,
+    ROLLUP_SCHEMA,
+    ROLLUPS,
+    ROW_SCHEMA,
+    files,
+    parse_pos,
+    partitions,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +162,11 @@ def iter_rows(root: Path, since: float, until: float,
                      version)
 
 
-def read_rollups(root: Path, since: float, until: float, version: str | None = None) -> Scan:
+def read_rollups(root: Path, since: float, until: float, version: str | None = None,
+                 with_version: bool = False) -> Scan:
     """The rollup rows of the minutes starting in [since, until)."""
-    columns = ["minute", "bin", "count", "sum", "sumsq", "max"]
+    columns = ["minute", "bin", "count", "sum", "sumsq", "max"] + (
+        ["model_version"] if with_version else [])
     tables, skipped = [], []
     for table, missed in scan(root / ROLLUPS, since, until, columns, ROLLUP_SCHEMA,
                                "minute", version):
@@ -165,16 +176,6 @@ def read_rollups(root: Path, since: float, until: float, version: str | None = N
         return Scan(pa.Table.from_batches([], schema=pa.schema(
             [ROLLUP_SCHEMA.field(c) for c in columns])), skipped)
     return Scan(pa.concat_tables(tables), skipped)
-
-
-def versions(root: Path, since: float, until: float) -> list[str]:
-    """The model versions with rollups in the range."""
-    found: set[str] = set()
-    for table, _ in scan(root / ROLLUPS, since, until, ["model_version"], ROLLUP_SCHEMA,
-                          "minute", None):
-        found.update(str(v) for v in pc.unique(table.column("model_version").cast(
-            pa.string())).to_pylist())
-    return sorted(found)
 
 
 # --- series -------------------------------------------------------------------------
@@ -194,8 +195,15 @@ def choose_step(span: float, step: float | None, source: str) -> int:
 
 
 def series(root: Path, since: float, until: float, step: float | None = None,
-           version: str | None = None, source: str = "auto") -> dict[str, Any]:
-    """Count, MAE, RMSE, p95 and max per step of joined time, where there is data."""
+           version: str | None = None, source: str = "auto",
+           per_version: bool = False) -> dict[str, Any]:
+    """Count, MAE, RMSE, p95 and max per step of joined time, where there is data: one
+    series (of one version, or all combined), and with `per_version` one per version too,
+    all from one read."""
+    if not (math.isfinite(since) and math.isfinite(until)):
+        raise RangeError("since and until must be finite Unix seconds")
+    if step is not None and not (math.isfinite(step) and step > 0):
+        raise RangeError("step must be a positive number of seconds")
     if until <= since:
         raise RangeError("until must be after since")
     span = until - since
@@ -205,19 +213,49 @@ def series(root: Path, since: float, until: float, step: float | None = None,
         raise RangeError(f"rows are read for ranges up to {ROWS_RANGE_LIMIT // 3600} h; "
                          "ask for source=rollups")
     step_ = choose_step(span, step, source)
+    split = version is None
     if source == "rows":
-        scan = read_rows(root, since, until, ["joined_at", "absolute_error"], version)
-        points = _points_from_rows(scan.table, step_)
+        scan = read_rows(root, since, until, ["joined_at", "absolute_error"]
+                         + (["model_version"] if split else []), version)
+        points = _points_from_rows
         quantiles = "exact"
     else:
-        since = math.floor(since / 60) * 60
-        scan = read_rollups(root, since, until, version)
-        points = _points_from_rollups(scan.table, step_)
+        # Whole minutes: the answer covers every minute that starts in the range.
+        since, until = math.floor(since / 60) * 60, math.ceil(until / 60) * 60
+        scan = read_rollups(root, since, until, version, with_version=split)
+        points = _points_from_rollups
         quantiles = "bin"
-    return {"since": since, "until": until, "step": step_, "source": source,
-            "model_version": version, "quantiles": quantiles,
-            "skipped_files": len(scan.skipped), "complete": not scan.skipped,
-            "series": points}
+    table = scan.table
+    versions = _versions_in(table) if version is None else ([version] if len(table) else [])
+    answer: dict[str, Any] = {
+        "since": since, "until": until, "step": step_, "source": source,
+        "model_version": version, "quantiles": quantiles,
+        "skipped_files": len(scan.skipped), "complete": not scan.skipped,
+        "written_until": written_until(root), "versions": versions,
+        "series": points(table, step_)}
+    if per_version:
+        answer["by_version"] = {v: points(_of_version(table, v), step_) if split
+                                else answer["series"] for v in versions}
+    return answer
+
+
+def _versions_in(table: pa.Table) -> list[str]:
+    if not len(table):
+        return []
+    names = pc.unique(table.column("model_version").cast(pa.string())).to_pylist()
+    return sorted(str(v) for v in names)
+
+
+def _of_version(table: pa.Table, version: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("model_version").cast(pa.string()), version))
+
+
+def written_until(root: Path) -> float | None:
+    """About when the last row in the history was joined: its outbox entry's time (the
+    newest rows are in the live log, not yet here)."""
+    pos = read_checkpoint(root / CHECKPOINT).get("pos")
+    parsed = parse_pos(pos) if isinstance(pos, str) else None
+    return parsed[0] / 1000 if parsed else None
 
 
 def _groups(t: FloatArray) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
