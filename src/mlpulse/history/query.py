@@ -48,6 +48,7 @@ STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 2
 TARGET_POINTS = 240
 Q = 0.95
 _RETRIES = 3
+_BATCH = 1 << 16
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -72,22 +73,31 @@ def _read_file(path: Path, want: _Want, skipped: list[str]) -> pa.Table | None:
             groups = _row_groups(pf, want)
             if not groups:
                 return None
-            table = pf.read_row_groups(groups, columns=want.read)
+            # A batch at a time, keeping only its rows in range: the peak is what is kept
+            # and one batch, not the whole file.
+            kept = [_in_range(batch, want) for batch in pf.iter_batches(
+                batch_size=_BATCH, row_groups=groups, columns=want.read)]
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException, KeyError) as exc:
         log.warning("history: skipping %s, which cannot be read: %s", path, exc)
         skipped.append(str(path))
         return None
-    t = table.column(want.time_column)
-    keep = pc.and_(pc.greater_equal(t, want.since), pc.less(t, want.until))
-    if want.version is not None:
-        keep = pc.and_(keep, pc.equal(table.column("model_version").cast(pa.string()),
-                                      want.version))
-    table = table.filter(keep).select(want.columns)
+    if not kept:
+        return None
+    table = pa.Table.from_batches(kept)
     # model_version is read as a dictionary; every other column as the schema says.
     return table.cast(pa.schema([table.schema.field(c) if c == "model_version"
                                  else want.schema.field(c) for c in want.columns]))
+
+
+def _in_range(batch: pa.RecordBatch, want: _Want) -> pa.RecordBatch:
+    t = batch.column(want.time_column)
+    keep = pc.and_(pc.greater_equal(t, want.since), pc.less(t, want.until))
+    if want.version is not None:
+        keep = pc.and_(keep, pc.equal(batch.column("model_version").cast(pa.string()),
+                                      want.version))
+    return batch.filter(keep).select(want.columns)
 
 
 @dataclass(frozen=True)
