@@ -54,3 +54,24 @@ async def test_a_flush_failing_part_way_is_redone_over_the_same_rows(
     assert ids(root) == Counter(r[0] for r in rows + more)
     assert next(p.name for p, _ in logfiles.rotated_files(live)).endswith(".csv")
     assert live.read_bytes() == HEADER_LINE
+
+
+@pytest.mark.parametrize(
+    ("first_row_at", "size", "policy", "due"),
+    [
+        (None, 10**9, LogPolicy(rotate_bytes=1), False),        # no rows yet: never
+        (1_795_000_000.0, 2048, LogPolicy(rotate_bytes=1024), True),    # over the size
+        (1_795_000_000.0, 512, LogPolicy(rotate_bytes=1024), False),
+        (1_795_000_000.0, 10**12, LogPolicy(rotate_bytes=0, rotate_interval=0), False),  # off
+        # Daily: the first row is from an earlier UTC day than now.
+        (1_794_959_999.0, 10, LogPolicy(rotate_interval=86400), True),
+        (1_794_960_000.0, 10, LogPolicy(rotate_interval=86400), False),
+    ])
+def test_rotation_is_due_by_size_and_by_period(
+        tmp_path: Path, first_row_at: float | None, size: int, policy: LogPolicy,
+        due: bool) -> None:
+    now = 1_795_000_000.0  # 2026-11-18T11:06:40Z; that UTC day began at 1,794,960,000
+    archive = Archive(tmp_path / "metric_log.csv", policy, HEADER_LINE)
+    archive.end = size
+    archive.first_row_at = first_row_at
+    assert archive.rotation_due(now) is due
