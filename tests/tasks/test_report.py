@@ -49,6 +49,7 @@ def test_report_covers_its_window_and_version_and_only_its_owner_fetches_it(
     assert submitted.status_code == 202, submitted.text
     done = alice.wait(submitted.json()["id"])
     assert done["state"] == "SUCCESS", done
+    assert done["progress"] == {"done": 1, "total": 1, "fraction": 1.0}  # one step, done
     chosen = [float(r[3]) for r in rows if r[4] == "v1" and r[7] > now - 3600]
     summary = done["result"]["summary"]
     assert summary["count"] == len(chosen) == 15

@@ -22,6 +22,7 @@ Y_TRUE_QUEUE = Queue(Y_TRUE, exchange="", routing_key=Y_TRUE, durable=True)
 PROGRESS_EVERY_MS = 900
 
 # Update a record unless it has reached a final state; nothing if it does not exist.
+# Reaching SUCCESS completes its progress (a task without rows counts as one step).
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -29,6 +30,11 @@ if state == 'SUCCESS' or state == 'FAILURE' then
   return {0, redis.call('HGETALL', KEYS[1])}
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+-- A finished task's progress is complete: all of its rows, or its one step.
+if redis.call('HGET', KEYS[1], 'state') == 'SUCCESS' then
+  local total = math.max(tonumber(redis.call('HGET', KEYS[1], 'total') or '0') or 0, 1)
+  redis.call('HSET', KEYS[1], 'done', total, 'total', total)
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return {1, redis.call('HGETALL', KEYS[1])}
 """
