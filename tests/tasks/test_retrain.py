@@ -30,6 +30,7 @@ def test_retrain_hot_swaps_under_a_stream(env: Env, spawn: Callable[..., Role],
     assert submitted.status_code == 202, submitted.text
     done = admin.wait(submitted.json()["id"])
     assert done["state"] == "SUCCESS", done
+    assert done["progress"] == {"done": 1, "total": 1, "fraction": 1.0}
     assert done["result"]["version"] == "v2"
     assert 0 < done["result"]["holdout_mae"] < 100
 
