@@ -91,7 +91,8 @@ async def _main(role: str, body: RoleBody, settings: Settings) -> None:
             log.warning("second %s: stopping now", name)
             main.cancel()
             return
-        log.info("%s: %s stops within %gs", name, role, settings.stop_timeout)
+        # Every role gets the signal on Ctrl-C; one line each would be noise.
+        log.debug("%s: %s stops within %gs", name, role, settings.stop_timeout)
         stop.set()
         # What still runs near the bound is cancelled; the bound itself is kept by a
         # thread, which no stuck call on the event loop can hold up.

@@ -133,7 +133,8 @@ class Progress:
             sys.stderr.write(f"\r{line}" + ("\n" if final else ""))
             sys.stderr.flush()
         else:
-            log.info("%s", line)
+            # In a log, the running count is detail; the last line is what a person reads.
+            log.log(logging.INFO if final else logging.DEBUG, "%s", line)
 
 
 class Sender:
