@@ -215,6 +215,24 @@ def token(ctx: click.Context, user: str, admin: bool, ttl: str) -> None:
     click.echo(issue_token(secret, user, admin=admin, ttl=parse_duration(ttl)))
 
 
+@cli.command("login-url")
+@click.option("--user", default="admin", show_default=True, help="Who signs in.")
+@click.option("--admin/--no-admin", default=True, show_default=True,
+              help="Allow admin actions (retrain, deploy).")
+@click.option("--ttl", default=None, help="Lifetime: 90s, 30m, 12h, 7d (default: "
+              "MLPULSE_LOGIN_TTL).")
+@click.pass_context
+def login_url(ctx: click.Context, user: str, admin: bool, ttl: str | None) -> None:
+    """Print a link that signs you in to the dashboard (like the one of the first start)."""
+    from mlpulse.gateway.auth import issue_token, load_secret, parse_duration
+
+    settings = _settings(ctx)
+    secret, _ = load_secret(settings)
+    lifetime = parse_duration(ttl) if ttl else settings.login_ttl
+    click.echo(f"http://localhost:{settings.http_port}/?token="
+               f"{issue_token(secret, user, admin=admin, ttl=lifetime)}")
+
+
 @cli.command()
 @click.option("--once", is_flag=True, help="Draw one picture and exit.")
 @click.option("--from-csv", "from_csv", type=click.Path(exists=True, dir_okay=False,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -12,6 +15,7 @@ import jwt
 import pytest
 import websockets
 
+from tests.conftest import Env
 from tests.gateway.conftest import SECRET, Gateway, close_of, token
 
 
@@ -128,3 +132,22 @@ async def test_connection_cap_and_rate_limit(start_gateway) -> None:  # type: ig
         await c.recv()
         await c.send("x" * 200_000)
         assert (await close_of(c))[0] == 1009
+
+
+def test_login_url_signs_in_on_later_starts_and_the_start_line_says_how(
+        gateway: Gateway, env: Env) -> None:
+    ready = gateway.role.lines[gateway.role.wait_for(r"ready: http")]
+    assert "mlpulse login-url" in ready
+    done = subprocess.run(
+        [sys.executable, "-m", "mlpulse", "login-url"], capture_output=True, text=True,
+        env={**os.environ, **env.vars, "MLPULSE_HTTP_PORT": str(gateway.port)}, timeout=60,
+        check=True)
+    url = done.stdout.strip()
+    assert url.startswith(f"http://localhost:{gateway.port}/?token=")
+    with httpx.Client(base_url=gateway.http) as client:
+        opened = client.get(url.replace("localhost", "127.0.0.1"), follow_redirects=False)
+        assert opened.status_code in (302, 303, 307)
+        me = client.get("/api/me")
+    assert me.status_code == 200
+    assert me.json()["user"] == "admin"
+    assert me.json()["admin"] is True

@@ -54,7 +54,7 @@ def login_banner(settings: Settings, secret: bytes) -> str:
     token = issue_token(secret, "admin", admin=True, ttl=settings.login_ttl)
     return (f"\n  mlpulse is up. Sign in as admin (first start only):\n"
             f"    http://localhost:{settings.http_port}/?token={token}\n"
-            f"  More tokens: mlpulse token --user NAME [--admin]\n")
+            f"  Later: mlpulse login-url; more tokens: mlpulse token --user NAME [--admin]\n")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -82,7 +82,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             if first_start:
                 sys.stdout.write(login_banner(settings, secret))
                 sys.stdout.flush()
-            log.info("ready: http://localhost:%d", settings.http_port)
+            log.info("ready: http://localhost:%d%s", settings.http_port,
+                     "" if first_start else " (a login link: mlpulse login-url)")
 
 
 def _uvicorn_config(settings: Settings, gateway: Gateway) -> uvicorn.Config:
