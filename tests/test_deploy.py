@@ -161,6 +161,38 @@ def test_doctor_says_what_to_fix(env: Env) -> None:
     assert "redis-server" in broken.stdout
 
 
+@pytest.mark.parametrize(("url", "said", "fix"), [
+    ("amqp://guest:wrong@127.0.0.1:5672/", "refused the user name or password",
+     "credentials"),
+    ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "refused to open the virtual host",
+     "add_vhost"),
+    ("amqp://guest:guest@127.0.0.1:{port}/", "is not reachable", "rabbitmq-server"),
+])
+def test_doctor_tells_bad_credentials_from_a_missing_vhost_or_broker_and_says_the_fix_once(
+        env: Env, url: str, said: str, fix: str) -> None:
+    full = {**os.environ, **env.vars, "MLPULSE_AMQP_URL": url.format(port=free_port())}
+    done = subprocess.run([sys.executable, "-m", "mlpulse", "doctor"], env=full,
+                          cwd=env.root, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("FAIL  RabbitMQ"))
+    assert said in lines[at]
+    assert fix in lines[at + 1]
+    assert done.stdout.count(fix) == 1, done.stdout
+
+
+def test_doctor_sees_its_own_gateway_on_the_port(
+        env: Env, spawn: Callable[..., Role]) -> None:
+    port = free_port()
+    spawn("gateway", extra={"MLPULSE_HTTP_PORT": str(port)}, ready=r"ready: http")
+    full = {**os.environ, **env.vars, "MLPULSE_HTTP_PORT": str(port)}
+    done = subprocess.run([sys.executable, "-m", "mlpulse", "doctor"], env=full,
+                          cwd=env.root, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert f"ok    HTTP port  {port} serves a running mlpulse gateway" in done.stdout
+
+
 def test_the_package_ships_every_file_the_roles_read() -> None:
     """An installed (not editable) mlpulse, as in the image, needs its data files."""
     import fnmatch

@@ -7,12 +7,14 @@ import collections
 import contextlib
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as amqp_spec
@@ -52,6 +54,19 @@ async def connect(settings: Settings, role: str, *, robust: bool = True) -> Abst
             return await aio_pika.connect_robust(url, client_properties=properties, timeout=10,
                                                  reconnect_interval=1)
         return await aio_pika.connect(url, client_properties=properties, timeout=10)
+    except aiormq.exceptions.ProbableAuthenticationError:
+        raise ServiceUnavailable(
+            f"RabbitMQ at {safe_url(url)} refused the user name or password. Fix the "
+            "credentials in MLPULSE_AMQP_URL (the broker's log says which was wrong)."
+        ) from None
+    except aiormq.exceptions.ProtocolSyntaxError:
+        # The broker answered the login, then closed the connection: a vhost the user
+        # may not open (or that does not exist).
+        raise ServiceUnavailable(
+            f"RabbitMQ at {safe_url(url)} refused to open the virtual host "
+            f"{_vhost(url)!r} for this user. Create it (`rabbitmqctl add_vhost`) and grant "
+            "it (`rabbitmqctl set_permissions`), or fix MLPULSE_AMQP_URL."
+        ) from None
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(
             f"RabbitMQ is not reachable at {safe_url(url)} ({exc.__class__.__name__}). "
@@ -59,6 +74,11 @@ async def connect(settings: Settings, role: str, *, robust: bool = True) -> Abst
         ) from None
     finally:
         quiet.setLevel(level)
+
+
+def _vhost(url: str) -> str:
+    path = urllib.parse.urlsplit(url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def safe_url(url: str) -> str:

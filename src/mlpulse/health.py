@@ -208,8 +208,12 @@ def _rabbitmq(settings: Settings) -> Check:
 
     try:
         asyncio.run(asyncio.wait_for(probe(), 10))
-    except (ServiceUnavailable, TimeoutError, OSError) as exc:
-        return Check("RabbitMQ", False, str(exc).splitlines()[0],
+    except ServiceUnavailable as exc:
+        # The message says what is wrong, then what to do: one line each.
+        what, _, fix = str(exc).partition(". ")
+        return Check("RabbitMQ", False, what, fix)
+    except (TimeoutError, OSError) as exc:
+        return Check("RabbitMQ", False, f"no answer ({exc.__class__.__name__})",
                      "start it: rabbitmq-server -detached (or docker compose up rabbitmq)")
     return Check("RabbitMQ", True, "reachable")
 
@@ -232,10 +236,25 @@ def _port(settings: Settings) -> Check:
         try:
             s.bind((settings.http_host, settings.http_port))
         except OSError:
+            if _serves_mlpulse(settings.http_port):
+                return Check("HTTP port", True,
+                             f"{settings.http_port} serves a running mlpulse gateway")
             return Check("HTTP port", False, f"{settings.http_port} is in use",
-                         "stop what holds it (a gateway already running?) or set "
-                         "MLPULSE_HTTP_PORT", blocking=False)
+                         "stop what holds it, or set MLPULSE_HTTP_PORT to a free port",
+                         blocking=False)
     return Check("HTTP port", True, f"{settings.http_port} is free")
+
+
+def _serves_mlpulse(port: int) -> bool:
+    """Whether the port answers /healthz the way an mlpulse gateway does."""
+    import httpx
+
+    try:
+        reply = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=3)
+        body = reply.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return isinstance(body, dict) and {"status", "redis", "rabbitmq"} <= body.keys()
 
 
 def _writable(label: str, path: Path) -> Check:
