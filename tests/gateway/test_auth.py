@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -151,3 +152,19 @@ def test_login_url_signs_in_on_later_starts_and_the_start_line_says_how(
     assert me.status_code == 200
     assert me.json()["user"] == "admin"
     assert me.json()["admin"] is True
+
+
+def test_a_taken_port_is_named_with_how_to_pick_another(env: Env) -> None:
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))  # where the gateway would listen
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "mlpulse", "gateway"], capture_output=True, text=True,
+            env={**os.environ, **env.vars, "MLPULSE_HTTP_PORT": str(port)}, timeout=60,
+            check=False)
+    assert done.returncode == 1
+    assert f"port {port} is already in use" in done.stderr
+    assert f"MLPULSE_HTTP_PORT={port + 1}" in done.stderr
+    assert "Errno" not in done.stderr
+    assert "Traceback" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Generator
 import uvicorn
 
 from mlpulse.config import Settings
+from mlpulse.errors import MlpulseError
 from mlpulse.gateway.actualizer import Actualizer
 from mlpulse.gateway.alerts_view import AlertsView
 from mlpulse.gateway.app import create_app
@@ -61,6 +63,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the gateway until `stop`; a crash in any of its tasks ends it loudly."""
     secret, first_start = load_secret(settings)
     async with contextlib.AsyncExitStack() as stack:
+        # The port first: a taken one is said plainly before anything else starts.
+        listening = stack.enter_context(listen(settings))
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
         celery = make_celery(settings)
@@ -77,7 +81,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(relay.ready.wait(), 30)
             await actualizer.step()
             group.create_task(actualizer.run(stop), name="actualizer")
-            group.create_task(_serve_web(server, hub, stop), name="web")
+            group.create_task(_serve_web(server, hub, stop, listening), name="web")
             await server.listening.wait()  # a web server that fails ends the group instead
             if first_start:
                 sys.stdout.write(login_banner(settings, secret))
@@ -106,10 +110,32 @@ def _uvicorn_config(settings: Settings, gateway: Gateway) -> uvicorn.Config:
     )
 
 
-async def _serve_web(server: uvicorn.Server, hub: Hub, stop: asyncio.Event) -> None:
+def listen(settings: Settings) -> socket.socket:
+    """The gateway's bound socket (Uvicorn serves on it), or one line saying why not."""
+    host, port = settings.http_host, settings.http_port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise MlpulseError(
+                f"port {port} is already in use (another gateway, or another program); "
+                f"stop what holds it, or pick another port, e.g. "
+                f"MLPULSE_HTTP_PORT={port + 1 if port < 65535 else 8081}") from None
+        raise MlpulseError(f"cannot listen on {host}:{port}: {exc.strerror} "
+                           "(set MLPULSE_HTTP_HOST or MLPULSE_HTTP_PORT)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_web(server: uvicorn.Server, hub: Hub, stop: asyncio.Event,
+                     sock: socket.socket) -> None:
     """Uvicorn until `stop`; then every client is told we are going away, and it ends."""
     async with asyncio.TaskGroup() as group:
-        web = group.create_task(server.serve(), name="uvicorn")
+        web = group.create_task(server.serve(sockets=[sock]), name="uvicorn")
         stopping = group.create_task(stop.wait(), name="stopping")
         await asyncio.wait({web, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
