@@ -169,3 +169,10 @@ async def test_every_response_carries_the_security_headers(
     assert reply.headers["x-content-type-options"] == "nosniff"
     assert reply.headers["x-frame-options"] == "DENY"
     assert reply.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_the_favicon_answers_without_a_token(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/favicon.ico")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("image/svg+xml")
+    assert reply.content.startswith(b"<svg")

@@ -65,6 +65,13 @@ async def index(request: Request, gw: GatewayDep) -> Response:
     return page("index.html")
 
 
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """The tab icon (public, like every static asset; browsers ask for it by this name)."""
+    return Response(STATIC.joinpath("favicon.svg").read_bytes(), media_type="image/svg+xml",
+                     headers={"Cache-Control": "public, max-age=86400"})
+
+
 @router.get("/docs")
 async def docs() -> Response:
     """The API's OpenAPI description in Swagger UI, served from this origin only."""
