@@ -7,6 +7,7 @@ Run from the repository root with the project virtualenv::
     python bench/pipeline.py --only baseline  # one system only
     python bench/pipeline.py --drift on       # mlpulse phases with drift counting only
     python bench/pipeline.py --rounds 3       # drift off/on pairs three times, median ratio
+    python bench/pipeline.py --drift on --history both  # history off/on pairs instead
     python bench/pipeline.py --out bench/results.md
 
 Every phase runs against a dedicated RabbitMQ vhost (``mlpulse-bench``) whose queues are
@@ -17,16 +18,26 @@ process, children included.
 
 By default the frames-of-500 and single-message workloads each run twice, back to back:
 first with the model role's drift counting off (``MLPULSE_DRIFT_ENABLED=false``), then on,
-so the report can give the cost of drift under the same machine load. After every
-mlpulse phase the report gives what Redis DB 14 holds: ``used_memory`` minus its value
-right after the flush at the phase's start, and the keys left, ``mlpulse:drift:*`` among
-them.
+so the report can give the cost of drift under the same machine load. ``--history both``
+does the same for the metric role's Parquet history (``MLPULSE_HISTORY_ENABLED``); with
+both switches at ``both`` every workload runs all four ways, and each switch is compared
+between phases that differ in it alone. History-on phases flush the history every
+``--history-flush-seconds`` (1 s) instead of the shipped 30 s, so that a phase of a few
+seconds pays for several flushes inside its timed part, as a long run does. Such a phase
+ends once the history holds every row, and the report counts the rows of
+``<logs>/history/date=*/hour=*/*.parquet`` against the CSV's. Each pair also compares the
+CPU seconds of the role the switch adds work to (drift: model, history: metric), taken
+from the producer's start until then, which a flush after the last CSV row cannot escape.
+After every mlpulse phase the report gives what Redis DB 14 holds: ``used_memory`` minus
+its value right after the flush at the phase's start, and the keys left,
+``mlpulse:drift:*`` among them.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import re
@@ -46,9 +57,14 @@ from pathlib import Path
 import pandas as pd
 import pika
 import psutil
+import pyarrow.parquet as pq
 import redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from mlpulse.history.layout import files as history_files  # noqa: E402
+
 BASELINE_DIR = REPO_ROOT / "bench" / "baseline"
 VHOST = "mlpulse-bench"
 AMQP_URL = f"amqp://guest:guest@localhost:5672/{VHOST}"
@@ -74,6 +90,29 @@ QUICK_STEADY_SECONDS = 5
 DEFAULT_PHASE_TIMEOUT_S = 900.0
 # The issue's bar: throughput with drift on is at least this share of it with drift off.
 DRIFT_MIN_RATIO = 0.9
+# History-on phases flush this often (the shipped MLPULSE_HISTORY_FLUSH_SECONDS is 30 s):
+# the frames-of-500 phase's timed part lasts 3-5 s and should hold several flushes.
+DEFAULT_HISTORY_FLUSH_S = 1.0
+SHIPPED_HISTORY_FLUSH_S = 30.0
+HISTORY_GLOB = "date=*/hour=*/*.parquet"  # the history's row files, under <logs>/history
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A setting the benchmark can run off and on, paired per workload and round."""
+
+    name: str  # the Phase field and the command-line option
+    title: str
+    setting: str  # the environment variable, "true" or "false"
+    role: str  # the role whose work it adds; its CPU seconds are compared off vs on
+    bar: float | None = None  # the least on ÷ off throughput ratio the issue accepts
+    always_labelled: bool = False  # name its state in phase labels even when not varied
+
+
+DRIFT = Switch("drift", "Drift", "MLPULSE_DRIFT_ENABLED", "model", DRIFT_MIN_RATIO, True)
+HISTORY = Switch("history", "History", "MLPULSE_HISTORY_ENABLED", "metric")
+SWITCHES = (DRIFT, HISTORY)
+MODES = {"both": (False, True), "on": (True,), "off": (False,)}
 
 
 @dataclass(frozen=True)
@@ -86,9 +125,35 @@ class Phase:
     count: int
     batch: int = 1
     rate: float = 0.0
-    workload: str = ""  # with `round`, pairs a drift-on phase with its drift-off twin
+    workload: str = ""  # with `round`, pairs a switch's on phase with its off twin
     drift: bool = True  # the model role's drift counting (MLPULSE_DRIFT_ENABLED)
+    history: bool = True  # the metric role's Parquet history (MLPULSE_HISTORY_ENABLED)
     round: int = 1
+    history_flush_s: float = DEFAULT_HISTORY_FLUSH_S  # MLPULSE_HISTORY_FLUSH_SECONDS
+
+    def on(self, switch: Switch) -> bool:
+        """Whether ``switch`` is on in this phase."""
+        return bool(getattr(self, switch.name))
+
+    def variant(self, switch: Switch) -> tuple[str, int, tuple[bool, ...]]:
+        """What a phase must share with its twin for ``switch``: the workload, the round and
+        every other switch's state."""
+        others = tuple(self.on(s) for s in SWITCHES if s is not switch)
+        return self.workload, self.round, others
+
+
+@dataclass(frozen=True)
+class HistoryCheck:
+    """What the Parquet history under the phase's log dir holds once its roles stopped."""
+
+    rows: int  # rows in the files that count (a compaction's inputs are superseded)
+    unique_ids: int
+    csv_ids_missing: int  # ids in the CSV the history lacks
+    files: int
+    flushes: int  # distinct flush positions among the f-files
+    flushes_timed: int  # of them, written by the last row's logged_at (the timed part)
+    superseded_files: int
+    caught_up_s: float | None  # from the last row's logged_at until the history held all
 
 
 @dataclass(frozen=True)
@@ -114,6 +179,11 @@ class PhaseResult:
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     producer_s: float | None = None
     redis: RedisUsage | None = None
+    history: HistoryCheck | None = None
+    history_done_at: float | None = None  # when the history first held every CSV row
+    # user + system CPU seconds per consumer role (process tree), from the producer's start
+    # until every row was in the CSV and, with the history on, in the history
+    cpu_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -197,6 +267,24 @@ def _tree_rss(proc: psutil.Process) -> int | None:
             total += child.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
+    return total
+
+
+def _tree_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and all its descendants, or None once gone."""
+    try:
+        proc = psutil.Process(pid)
+        times = proc.cpu_times()
+        children = proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    total = times.user + times.system
+    for child in children:
+        try:
+            child_times = child.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        total += child_times.user + child_times.system
     return total
 
 
@@ -409,6 +497,7 @@ class PhasePlan:
     env: dict[str, str]
     csv_path: Path
     sent_column: str
+    history_dir: Path | None = None  # where the metric role writes the history, if it does
 
 
 def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
@@ -444,8 +533,10 @@ def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
         "MLPULSE_LOG_DIR": str(dirs["logs"]),
         "MLPULSE_DATA_DIR": str(dirs["data"]),
         "MLPULSE_MODELS_DIR": str(dirs["models"]),
-        "MLPULSE_DRIFT_ENABLED": "true" if phase.drift else "false",
     }
+    env |= {switch.setting: "true" if phase.on(switch) else "false" for switch in SWITCHES}
+    if phase.history:
+        env["MLPULSE_HISTORY_FLUSH_SECONDS"] = f"{phase.history_flush_s:g}"
     return PhasePlan(
         # The model role trains at first start, so it goes first and must be ready.
         consumers=[
@@ -467,6 +558,8 @@ def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
         env=env,
         csv_path=dirs["logs"] / "metric_log.csv",
         sent_column="sent_at",
+        # MLPULSE_HISTORY_DIR is stripped by base_env, so the history is under the logs.
+        history_dir=dirs["logs"] / "history" if phase.history else None,
     )
 
 
@@ -500,6 +593,65 @@ def wait_for_rows(
         time.sleep(POLL_S)
 
 
+def _history_row_files(history_dir: Path) -> tuple[list[Path], int]:
+    """(the row files that count, how many are superseded) under ``history_dir``."""
+    counted: list[Path] = []
+    superseded = 0
+    for partition in sorted({path.parent for path in history_dir.glob(HISTORY_GLOB)}):
+        live, stale = history_files(partition)
+        counted += live
+        superseded += len(stale)
+    return counted, superseded
+
+
+def wait_for_history(history_dir: Path, rows: int, timeout_s: float) -> float | None:
+    """Poll until the history holds ``rows`` rows; the time it first did, or None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            held = sum(
+                pq.read_metadata(path).num_rows for path in _history_row_files(history_dir)[0]
+            )
+        except (OSError, ValueError):  # a file compacted away between listing and reading
+            held = -1
+        if held >= rows:
+            return time.time()
+        time.sleep(POLL_S)
+    return None
+
+
+def check_history(
+    history_dir: Path, log: pd.DataFrame, done_at: float | None = None
+) -> HistoryCheck:
+    """Count the history's rows under ``history_dir`` and the ids of ``log`` it lacks.
+
+    Only the files that count are read (``layout.files``: a compaction's inputs left
+    behind are superseded); a flush writes one ``f-<pos>.parquet`` per hour it touches,
+    so the distinct names are the flushes, and their mtimes say whether they were written
+    in the timed part (up to the last row's ``logged_at``) or by the drain at the stop.
+    """
+    counted, superseded = _history_row_files(history_dir)
+    rows = 0
+    ids: set[str] = set()
+    for path in counted:
+        table = pq.read_table(path, columns=["id"])
+        rows += table.num_rows
+        ids.update(table.column("id").to_pylist())
+    flushed = [path for path in counted if path.name.startswith("f-")]
+    timed_end = float(log["logged"].max()) if len(log) else 0.0
+    timed = {path.name for path in flushed if path.stat().st_mtime <= timed_end}
+    return HistoryCheck(
+        rows=rows,
+        unique_ids=len(ids),
+        csv_ids_missing=len(set(log["id"].astype(str)) - ids),
+        files=len(counted),
+        flushes=len({path.name for path in flushed}),
+        flushes_timed=len(timed),
+        superseded_files=superseded,
+        caught_up_s=None if done_at is None else max(done_at - timed_end, 0.0),
+    )
+
+
 def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
     """Run one phase from clean broker state in a fresh temp dir and measure it."""
     result = PhaseResult(phase=phase)
@@ -518,12 +670,25 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
                     roles.append(role)
                     sampler.track(name, role.proc.pid)
                     wait_ready(role)
+                cpu_at_start = {role.name: _tree_cpu(role.proc.pid) for role in roles}
                 producer_started = time.time()
                 producer = start_role("producer", plan.producer, plan.env, workdir)
                 roles.append(producer)
                 sampler.track("producer", producer.proc.pid)
                 wait_for_rows(result, producer, plan.csv_path, producer_started, timeout_s)
                 before_stop = read_log(plan.csv_path, plan.sent_column)
+                if plan.history_dir is not None and not result.notes:
+                    # The history follows the log by up to a flush interval: the phase's
+                    # work is done once it holds every row, and only then is the CPU read.
+                    result.history_done_at = wait_for_history(
+                        plan.history_dir,
+                        len(before_stop),
+                        3 * phase.history_flush_s + STALL_TIMEOUT_S,
+                    )
+                for role in roles:
+                    start_cpu, end_cpu = cpu_at_start.get(role.name), _tree_cpu(role.proc.pid)
+                    if start_cpu is not None and end_cpu is not None:
+                        result.cpu_s[role.name] = end_cpu - start_cpu
             finally:
                 for role in reversed(roles):
                     note = stop_role(role)
@@ -538,6 +703,15 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
         after_stop = read_log(plan.csv_path, plan.sent_column)
         log = after_stop if len(after_stop) >= len(before_stop) else before_stop
         summarise(result, log, producer_started)
+        if plan.history_dir is not None:
+            # The roles have stopped, so the sink's last flush (on the drain) is in.
+            history = check_history(plan.history_dir, log, result.history_done_at)
+            result.history = history
+            if history.rows != result.rows or history.csv_ids_missing:
+                result.notes.append(
+                    f"the history holds {history.rows:,} rows against the CSV's "
+                    f"{result.rows:,}, and lacks {history.csv_ids_missing:,} of its ids"
+                )
     except Exception as exc:  # one broken phase must not hide the others
         result.notes.append(f"{type(exc).__name__}: {exc}")
         print(f"[{phase.key}] failed: {exc}", file=sys.stderr)
@@ -551,6 +725,8 @@ def run_phase(phase: Phase, timeout_s: float, keep_dirs: bool) -> PhaseResult:
         if result.redis is None
         else f", Redis +{result.redis.used_mib:.2f} MiB, {result.redis.drift_keys} drift keys"
     )
+    if (history := result.history) is not None:
+        redis_note += f", history {history.rows:,} rows in {history.flushes} flushes"
     print(
         f"[{phase.key}] {result.rows}/{phase.count} rows, "
         f"{_fmt(result.events_per_s, 1)} events/s{redis_note}",
@@ -618,53 +794,110 @@ def _baseline_lines(results: list[PhaseResult]) -> list[str]:
     return lines
 
 
-def _drift_pairs(results: list[PhaseResult]) -> list[tuple[PhaseResult, PhaseResult]]:
-    """(drift off, drift on) results of the same workload and round, in run order."""
-    offs = {
-        (r.phase.workload, r.phase.round): r
-        for r in results
-        if r.phase.system == "mlpulse" and not r.phase.drift
-    }
+def _mlpulse(results: list[PhaseResult]) -> list[PhaseResult]:
+    return [r for r in results if r.phase.system == "mlpulse"]
+
+
+def _varied(results: list[PhaseResult], switch: Switch) -> bool:
+    """Whether the mlpulse phases ran ``switch`` both ways."""
+    return len({r.phase.on(switch) for r in _mlpulse(results)}) > 1
+
+
+def _pairs(results: list[PhaseResult], switch: Switch) -> list[tuple[PhaseResult, PhaseResult]]:
+    """(off, on) results of ``switch`` for the same workload and round, every other switch
+    alike, in the order the on phases ran."""
+    offs = {r.phase.variant(switch): r for r in _mlpulse(results) if not r.phase.on(switch)}
     pairs = []
-    for on in results:
-        off = offs.get((on.phase.workload, on.phase.round))
-        if on.phase.system == "mlpulse" and on.phase.drift and off is not None:
+    for on in _mlpulse(results):
+        off = offs.get(on.phase.variant(switch))
+        if on.phase.on(switch) and off is not None:
             pairs.append((off, on))
     return pairs
 
 
-def _drift_lines(results: list[PhaseResult]) -> list[str]:
-    """Per workload (and round) run both ways: throughput with drift on ÷ with it off."""
-    pairs = _drift_pairs(results)
+def _switch_lines(results: list[PhaseResult], switch: Switch) -> list[str]:
+    """Per workload (and round) run both ways: throughput with ``switch`` on ÷ off."""
+    pairs = _pairs(results, switch)
     if not pairs:
         return []
+    name = switch.name
+    others = [s for s in SWITCHES if s is not switch and _varied(results, s)]
+
+    def workload(res: PhaseResult) -> str:
+        states = [f"{s.name} {'on' if res.phase.on(s) else 'off'}" for s in others]
+        return ", ".join([res.phase.workload, *states])
+
+    bar = "no bar set" if switch.bar is None else f"the bar: at least {switch.bar:.2f}x"
     lines = [
         "",
-        f"Drift on ÷ drift off, per workload (the bar: at least {DRIFT_MIN_RATIO:.2f}x):",
+        f"{switch.title} on ÷ {name} off, per workload ({bar}):",
         "",
-        "| workload | round | events/s drift off | events/s drift on | drift on ÷ drift off "
-        "| p99 ms drift off / on | bar met |",
-        "|---|--:|--:|--:|--:|--:|---|",
+        f"| workload | round | events/s {name} off | events/s {name} on "
+        f"| {name} on ÷ {name} off | p99 ms {name} off / on | {switch.role} CPU s off / on "
+        f"| {switch.role} CPU on ÷ off |" + ("" if switch.bar is None else " bar met |"),
+        "|---|--:|--:|--:|--:|--:|--:|--:|" + ("" if switch.bar is None else "---|"),
     ]
     ratios: dict[str, list[float]] = {}
+    cpu_ratios: dict[str, list[float]] = {}
     for off, on in pairs:
         met = "n/a"
         if on.events_per_s is not None and off.events_per_s:
             ratio = on.events_per_s / off.events_per_s
-            ratios.setdefault(on.phase.workload, []).append(ratio)
-            met = "yes" if ratio >= DRIFT_MIN_RATIO else "no"
+            ratios.setdefault(workload(on), []).append(ratio)
+            if switch.bar is not None:
+                met = "yes" if ratio >= switch.bar else "no"
+        cpu_off, cpu_on = off.cpu_s.get(switch.role), on.cpu_s.get(switch.role)
+        if cpu_on is not None and cpu_off:
+            cpu_ratios.setdefault(workload(on), []).append(cpu_on / cpu_off)
         lines.append(
-            f"| {on.phase.workload} | {on.phase.round} | {_fmt(off.events_per_s)} "
+            f"| {workload(on)} | {on.phase.round} | {_fmt(off.events_per_s)} "
             f"| {_fmt(on.events_per_s)} | {_ratio(on.events_per_s, off.events_per_s)} "
-            f"| {_fmt(off.p99_ms, 2)} / {_fmt(on.p99_ms, 2)} | {met} |"
+            f"| {_fmt(off.p99_ms, 2)} / {_fmt(on.p99_ms, 2)} "
+            f"| {_fmt(cpu_off, 2)} / {_fmt(cpu_on, 2)} | {_ratio(cpu_on, cpu_off)} |"
+            + ("" if switch.bar is None else f" {met} |")
         )
     if any(len(found) > 1 for found in ratios.values()):
         lines += ["", "Median of the rounds' ratios:", ""]
-        lines += [
-            f"- {workload}: {statistics.median(found):.2f}x over {len(found)} rounds "
-            f"(min {min(found):.2f}x, max {max(found):.2f}x)"
-            for workload, found in ratios.items()
-        ]
+        for label, found in ratios.items():
+            line = (
+                f"- {label}: {statistics.median(found):.2f}x over {len(found)} rounds "
+                f"(min {min(found):.2f}x, max {max(found):.2f}x)"
+            )
+            if cpu := cpu_ratios.get(label):
+                line += (
+                    f"; {switch.role} CPU {statistics.median(cpu):.2f}x "
+                    f"(min {min(cpu):.2f}x, max {max(cpu):.2f}x)"
+                )
+            lines.append(line)
+    return lines
+
+
+def _history_lines(results: list[PhaseResult]) -> list[str]:
+    """What the Parquet history held at the end of each history-on phase."""
+    checked = [(r, r.history) for r in results if r.history is not None]
+    if not checked:
+        return []
+    lines = [
+        "",
+        f"The history at the end of each history-on phase (`<logs>/history/{HISTORY_GLOB}`, "
+        "read with pyarrow after the roles stopped):",
+        "",
+        "| mlpulse phase | flush every s | CSV rows | history rows | history unique ids "
+        "| CSV ids not in the history | flushes (in the timed part) | files "
+        "| all rows in, s after the last CSV row | all rows in |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for res, history in checked:
+        whole = history.rows == res.rows and not history.csv_ids_missing
+        superseded = (
+            f" (+{history.superseded_files} superseded)" if history.superseded_files else ""
+        )
+        lines.append(
+            f"| {res.phase.label} | {res.phase.history_flush_s:g} | {res.rows:,} "
+            f"| {history.rows:,} | {history.unique_ids:,} | {history.csv_ids_missing:,} "
+            f"| {history.flushes} ({history.flushes_timed}) | {history.files}{superseded} "
+            f"| {_fmt(history.caught_up_s, 2)} | {'yes' if whole else 'no'} |"
+        )
     return lines
 
 
@@ -690,8 +923,8 @@ def _redis_lines(results: list[PhaseResult]) -> list[str]:
 
 
 def render_report(results: list[PhaseResult], command: str) -> str:
-    """Markdown report: header, per-phase table, ratios to the baseline and between drift
-    on and off, Redis memory, and notes."""
+    """Markdown report: header, per-phase table, ratios to the baseline and between each
+    switch's on and off (drift, history), Redis memory, the history's rows, and notes."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Pipeline benchmark",
@@ -719,8 +952,10 @@ def render_report(results: list[PhaseResult], command: str) -> str:
         )
 
     lines += _baseline_lines(results)
-    lines += _drift_lines(results)
+    for switch in SWITCHES:
+        lines += _switch_lines(results, switch)
     lines += _redis_lines(results)
+    lines += _history_lines(results)
     lines += [
         "",
         "events/s = rows / (last `logged_at` - first send); first send is min(`sent_at`) for "
@@ -731,6 +966,24 @@ def render_report(results: list[PhaseResult], command: str) -> str:
         "`INFO memory` `used_memory` minus its value right after the phase's flush; it covers "
         "the whole server, the MEMORY USAGE sum only DB 14.",
     ]
+    flushes = sorted({r.phase.history_flush_s for r in _mlpulse(results) if r.phase.history})
+    if _varied(results, HISTORY):
+        lines[-1] += " History off is `MLPULSE_HISTORY_ENABLED=false` for every role."
+    if flushes:
+        every = " / ".join(f"{value:g}" for value in flushes)
+        lines[-1] += (
+            f" History-on phases flush the history every {every} s "
+            f"(`MLPULSE_HISTORY_FLUSH_SECONDS`, shipped default {SHIPPED_HISTORY_FLUSH_S:g} s) "
+            "so that a phase of a few seconds pays for several flushes inside its timed part, "
+            "as a long run does. Rows reach the CSV in bursts, so a flush may still fall after "
+            "the last row's `logged_at`, outside the timed part; the CPU seconds catch it: they "
+            "run until the history holds every row."
+        )
+    if any(r.cpu_s for r in results):
+        lines[-1] += (
+            " CPU s is user + system time of a role's process tree from the producer's start "
+            "until every row is in the CSV and, with the history on, in the history."
+        )
     if any(r.phase.rate for r in results):
         lines[-1] += " Paced phases are capped at the offered rate; they are there for latency."
     noted = [r for r in results if r.notes]
@@ -741,6 +994,21 @@ def render_report(results: list[PhaseResult], command: str) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _key_suffix(states: dict[str, bool]) -> str:
+    """``-drift-off``, ``-history-off``, ... for the switches off in a phase."""
+    return "".join(f"-{name}-off" for name, on in states.items() if not on)
+
+
+def _label_suffix(states: dict[str, bool], modes: dict[str, tuple[bool, ...]]) -> str:
+    """``, drift on, history off``: each switch that is labelled always, run both ways, or
+    off in this phase."""
+    return "".join(
+        f", {switch.name} {'on' if states[switch.name] else 'off'}"
+        for switch in SWITCHES
+        if switch.always_labelled or len(modes[switch.name]) > 1 or not states[switch.name]
+    )
 
 
 def build_phases(args: argparse.Namespace) -> list[Phase]:
@@ -772,39 +1040,45 @@ def build_phases(args: argparse.Namespace) -> list[Phase]:
         ),
         ("single", "single-message frames", size(args.single_count, DEFAULT_SINGLE_COUNT), 1),
     )
-    drift_modes = {"both": [False, True], "on": [True], "off": [False]}[args.drift]
+    modes = {switch.name: MODES[getattr(args, switch.name)] for switch in SWITCHES}
+    # Every combination of the switches' states: (drift, history, ...) in SWITCHES' order.
+    variants = [
+        dict(zip(modes, states, strict=True)) for states in itertools.product(*modes.values())
+    ]
     for round_no in range(1, args.rounds + 1):
         suffix = f", round {round_no}" if args.rounds > 1 else ""
         for key, workload, count, batch in workloads:
             # Off and on back to back, per workload, so the two see the same machine load;
             # every other round the other way round, so neither always goes first.
-            modes = drift_modes if round_no % 2 else drift_modes[::-1]
+            ordered = variants if round_no % 2 else variants[::-1]
             phases += [
                 Phase(
-                    f"{key}{'' if drift else '-drift-off'}{f'-r{round_no}' if suffix else ''}",
-                    f"mlpulse, {workload}, drift {'on' if drift else 'off'}{suffix}",
+                    f"{key}{_key_suffix(states)}{f'-r{round_no}' if suffix else ''}",
+                    f"mlpulse, {workload}{_label_suffix(states, modes)}{suffix}",
                     "mlpulse",
                     count,
                     batch=batch,
                     workload=workload,
-                    drift=drift,
                     round=round_no,
+                    history_flush_s=args.history_flush_seconds,
+                    **states,
                 )
-                for drift in modes
+                for states in ordered
             ]
-    # The paced phase is there for latency, so it runs once, drift on unless only off.
-    steady_drift = args.drift != "off"
+    # The paced phase is there for latency, so it runs once, each switch on unless only off.
+    steady = {name: found[-1] for name, found in modes.items()}
     phases.append(
         Phase(
             "steady",
-            f"mlpulse, steady {steady_rate:g}/s for {steady_seconds:g} s, "
-            f"drift {'on' if steady_drift else 'off'}",
+            f"mlpulse, steady {steady_rate:g}/s for {steady_seconds:g} s"
+            f"{_label_suffix(steady, modes)}",
             "mlpulse",
             int(steady_rate * steady_seconds),
             batch=1,
             rate=steady_rate,
             workload=f"steady {steady_rate:g}/s",
-            drift=steady_drift,
+            history_flush_s=args.history_flush_seconds,
+            **steady,
         )
     )
     if args.only != "all":
@@ -817,6 +1091,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -834,11 +1116,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "both back to back (default)",
     )
     parser.add_argument(
+        "--history",
+        choices=("both", "on", "off"),
+        default="on",
+        help="run the mlpulse workloads with the metric role's Parquet history on (default, "
+        "as shipped), off, or both back to back; with --drift both as well, every workload "
+        "runs all four ways",
+    )
+    parser.add_argument(
+        "--history-flush-seconds",
+        type=positive_float,
+        default=DEFAULT_HISTORY_FLUSH_S,
+        help="MLPULSE_HISTORY_FLUSH_SECONDS of history-on phases (default "
+        f"{DEFAULT_HISTORY_FLUSH_S:g}, so a phase of a few seconds flushes several times; "
+        f"shipped: {SHIPPED_HISTORY_FLUSH_S:g})",
+    )
+    parser.add_argument(
         "--rounds",
         type=positive_int,
         default=1,
         help="run the frames-of-500 and single-message workloads this many times (with "
-        "--drift both: off/on, then on/off, ...); the report gives the median ratio",
+        "--drift or --history both: off/on, then on/off, ...); the report gives the median "
+        "ratio",
     )
     parser.add_argument(
         "--quick",
