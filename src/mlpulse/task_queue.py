@@ -73,6 +73,8 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         task_routes={DELIVER_TASK: {"queue": ALERTS_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
+        # Celery's result keys share mlpulse's prefix, like every other key.
+        result_backend_transport_options={"global_keyprefix": keys.PREFIX + "celery:"},
         result_expires=RECORD_TTL,
         timezone="UTC",
         beat_schedule=schedule,

@@ -64,6 +64,12 @@ def test_report_covers_its_window_and_version_and_only_its_owner_fetches_it(
     assert bob.get(done["result_url"]).status_code == 404
     assert alice.post("report", {"since": now, "until": now - 1}).status_code == 422
     assert alice.post("report", {"model_version": "latest"}).status_code == 422
+    client = env.redis()
+    try:
+        stray = [k for k in client.scan_iter() if not k.startswith(b"mlpulse:")]
+    finally:
+        client.close()
+    assert not stray, f"keys outside mlpulse: {stray[:5]}"  # Celery's results included
 
 
 def test_a_long_range_report_comes_from_the_rollups_and_says_so(tmp_path: Path) -> None:
