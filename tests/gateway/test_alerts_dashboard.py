@@ -40,7 +40,8 @@ def open_dashboard(browser: Browser, gw: Gateway, user: str, admin: bool, width:
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(f"{gw.http}/?token={token(user, admin=admin)}")
     page.wait_for_selector("#conn[data-state=live]")
-    page.wait_for_function(f"document.getElementById('who').textContent.startsWith('{user}')")
+    page.wait_for_function(
+        "(user) => document.getElementById('who').textContent.startsWith(user)", arg=user)
     return page
 
 
@@ -57,7 +58,7 @@ def test_alerts_panel_shows_a_drift_firing(env: Env, spawn: Callable[..., Role],
     gw = start_gateway(extra)
     page = open_dashboard(browser, gw, "alice", True, 1366, 900)
     page.wait_for_function(
-        "document.getElementById('a-note').textContent === '0 firing · 0 pending'")
+        "() => document.getElementById('a-note').textContent === '0 firing · 0 pending'")
     assert page.text_content("#a-active") == "No alerts firing"
     assert page.is_hidden("#alert-count")
 
@@ -76,7 +77,8 @@ def test_alerts_panel_shows_a_drift_firing(env: Env, spawn: Callable[..., Role],
     assert "badge-critical" in (page.get_attribute("#alert-count", "class") or "")
     # The live message: a toast, the page's feed, and the transition in the history.
     page.wait_for_function(
-        "document.getElementById('toast').textContent.includes('BmiDrift firing (bmi, v1)')")
+        "() => document.getElementById('toast').textContent"
+        ".includes('BmiDrift firing (bmi, v1)')")
     assert "BmiDrift firing (bmi, v1)" in (page.text_content("#feed") or "")
     page.wait_for_selector("#a-history [data-transition=firing]")
     assert "BmiDrift" in (page.text_content("#a-history [data-transition=firing]") or "")
@@ -87,7 +89,8 @@ def test_alerts_panel_shows_a_drift_firing(env: Env, spawn: Callable[..., Role],
     assert row.locator("button[data-action=silence]").text_content() == "Silence 1 h"
     row.locator("button[data-action=ack]").click()
     page.wait_for_function(
-        "document.getElementById('a-status').textContent === 'BmiDrift (bmi, v1): acknowledged'")
+        "() => document.getElementById('a-status').textContent"
+        " === 'BmiDrift (bmi, v1): acknowledged'")
     page.wait_for_selector(f"{FIRING} .done >> text=acknowledged by alice")
     assert row.locator("button[data-action=ack]").count() == 0
     assert page.evaluate("document.documentElement.scrollWidth") <= 1366

@@ -43,7 +43,7 @@ def test_live_dashboard_follows_the_stream(env: Env, spawn: Callable[..., Role],
     page.goto(f"{gw.http}/?token={token('alice')}")
     assert page.url == f"{gw.http}/", "the token should leave the address bar"
     page.wait_for_selector("#conn[data-state=live]")
-    page.wait_for_function("document.getElementById('who').textContent === 'alice'")
+    page.wait_for_function("() => document.getElementById('who').textContent === 'alice'")
 
     total = 2500
     producer = subprocess.Popen(
@@ -100,5 +100,5 @@ def test_login_page_without_a_token(gateway: Gateway, browser: Browser) -> None:
     page.click("button[type=submit]")
     page.wait_for_selector("#conn[data-state=live]")
     # The name arrives by its own request, after the socket may already be live.
-    page.wait_for_function("document.getElementById('who').textContent === 'erin'")
+    page.wait_for_function("() => document.getElementById('who').textContent === 'erin'")
     page.close()
