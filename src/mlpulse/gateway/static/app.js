@@ -707,9 +707,11 @@
 
   // ------------------------------------------------------------ history (a time range)
   // Live is the page as it always was; any other range adds the History panel, drawn from
-  // /api/history: once for all versions combined, then once per version that answer lists.
+  // /api/history: one read gives every version's series (per_version), then one more the
+  // drift of one version (model_version), whose PSI and estimated MAE come from there.
   // The range lives in the URL's fragment (the query string belongs to the sign-in), so a
-  // view can be shared and reloaded, and back and forward walk through the ranges chosen.
+  // view can be shared and reloaded, and back and forward walk through the ranges chosen;
+  // the version whose drift is drawn rides along (`&v=v2`) once one is picked.
   const RANGES = { "15m": 900, "1h": 3600, "24h": 86400, "7d": 604800 };
   const RANGE_NAMES = { "15m": "15 min", "1h": "1 h", "24h": "24 h", "7d": "7 d" };
   const HISTORY_REFRESH_MS = 30000;
@@ -724,9 +726,17 @@
   const HISTORY_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                          21600, 43200, 86400, 604800];
   const HISTORY_POINTS = 120;
-  // range: what the URL says; view: the last answers for it; chart: those laid out per step.
+  // The PSI guide lines: the gateway's default warning and drift thresholds (the API does
+  // not say which ones it was started with).
+  const PSI_WARN = 0.1, PSI_DRIFT = 0.25;
+  const DRIFT_COLOURS = { top: "#7c3aed", feature: "#94a3b8", prediction: "#0f172a", warn: "#d97706",
+                          drift: "#dc2626", estimated: "#2563eb", realized: "#dc2626" };
+  const DRIFT_TIP_FEATURES = 5;
+  // range: what the URL says; view: the last answer for it; chart: that laid out per step;
+  // drift: the last drift answer for the view ({version, answer}), laid out in driftChart.
   const past = { range: { key: "live" }, view: null, error: null, chart: null, gen: 0, timer: 0,
-                 hover: null, editing: false };
+                 hover: null, editing: false, drift: null, driftError: null, driftChart: null,
+                 dgen: 0, dhover: null };
   state.history = past;
 
   const day = (t) => new Date(t * 1000).toLocaleDateString([], { month: "short", day: "numeric" });
@@ -737,22 +747,25 @@
     : String(+v.toPrecision(3));
   const metricText = (metric, v) => metric === "count" ? fmt(v) : quantity(v);
 
-  // The range a fragment names; null for a fragment that is an anchor (#alerts), not a range.
+  // The range a fragment names (and the version whose drift is drawn, if one was picked);
+  // null for a fragment that is an anchor (#alerts), not a range.
   function parseRange(hash) {
     const text = hash.replace(/^#/, "");
     const p = new URLSearchParams(text);
-    if (p.has("range")) return Object.hasOwn(RANGES, p.get("range")) ? { key: p.get("range") } : { key: "live" };
+    const v = p.get("v") || null;
+    if (p.has("range")) return Object.hasOwn(RANGES, p.get("range")) ? { key: p.get("range"), v } : { key: "live" };
     if (p.has("since") || p.has("until")) {
       const since = Number(p.get("since")), until = Number(p.get("until"));
       const ok = p.get("since") && p.get("until") && Number.isFinite(since) && Number.isFinite(until)
         && until > since;
-      return ok ? { key: "custom", since, until } : { key: "live" };
+      return ok ? { key: "custom", since, until, v } : { key: "live" };
     }
     return text ? null : { key: "live" };
   }
 
-  const rangeHash = (r) => r.key === "live" ? "" : r.key === "custom"
-    ? `#since=${Math.floor(r.since)}&until=${Math.ceil(r.until)}` : `#range=${r.key}`;
+  const rangeHash = (r) => r.key === "live" ? "" : (r.key === "custom"
+    ? `#since=${Math.floor(r.since)}&until=${Math.ceil(r.until)}` : `#range=${r.key}`)
+    + (r.v ? `&v=${encodeURIComponent(r.v)}` : "");
   const sameRange = (a, b) => a.key === b.key && a.since === b.since && a.until === b.until;
 
   // A choice on the page goes into the URL as a new history entry, and from there onto the page.
@@ -775,6 +788,7 @@
 
   function applyRange(r, again) {
     const changed = !sameRange(r, past.range);
+    const otherVersion = (r.v || null) !== (past.range.v || null);
     past.range = r;
     past.editing = r.key === "custom" && past.editing;
     if (r.key === "custom") fillCustom(r.since, r.until);
@@ -783,10 +797,16 @@
     $("history").hidden = live;
     $("live-head").hidden = live;
     document.body.dataset.range = r.key;
-    if (!changed && !again) return;
+    if (!changed && !again) {
+      if (otherVersion && !live) loadDrift();  // the same range, another version's drift
+      return;
+    }
     clearInterval(past.timer);
-    past.gen++;  // an answer still on its way is for the range before
-    if (changed) { past.view = null; past.chart = null; past.error = null; past.hover = null; }
+    past.gen++; past.dgen++;  // an answer still on its way is for the range before
+    if (changed) {
+      Object.assign(past, { view: null, chart: null, error: null, hover: null,
+                            drift: null, driftError: null, driftChart: null, dhover: null });
+    }
     if (live) { $("history").dataset.state = "off"; return; }
     loadHistory();
     if (RANGES[r.key]) past.timer = setInterval(loadHistory, HISTORY_REFRESH_MS);
@@ -817,7 +837,7 @@
     if (!b) return;
     if (b.dataset.range !== "custom") {
       past.editing = false;
-      chooseRange({ key: b.dataset.range });
+      chooseRange({ key: b.dataset.range, v: past.range.v });
       return;
     }
     // The editor opens on what is shown (the last hour when live); Apply makes it the range.
@@ -839,7 +859,7 @@
     } else {
       $("r-error").textContent = "";
       past.editing = false;
-      chooseRange({ key: "custom", since, until });
+      chooseRange({ key: "custom", since, until, v: past.range.v });
     }
   });
 
@@ -877,14 +897,11 @@
     try {
       const want = (until - since) / HISTORY_POINTS;
       const step = HISTORY_STEPS.find((s) => s >= want) || HISTORY_STEPS[HISTORY_STEPS.length - 1];
-      const all = await getHistory({ since, until, step });
+      // Every version's series from the one read, all with the same step, so their points
+      // line up; the answer's bounds (whole minutes from the rollups) are the axes'.
+      const all = await getHistory({ since, until, step, per_version: true });
       if (gen !== past.gen) return;
-      const names = all.versions || [];
-      // The same step for every line, so that their points line up.
-      const answers = await Promise.all(names.map((v) =>
-        getHistory({ since, until, step: all.step, model_version: v })));
-      if (gen !== past.gen) return;
-      past.view = { key: r.key, since, until, all, versions: names.map((name, i) => ({ name, answer: answers[i] })) };
+      past.view = { key: r.key, since: all.since, until: all.until, all };
       past.error = null;
     } catch (err) {
       if (gen !== past.gen) return;
@@ -892,6 +909,51 @@
     }
     panel.removeAttribute("aria-busy");
     renderHistory();
+    if (gen === past.gen && !past.error) loadDrift();
+  }
+
+  // Newest first: v10 after v9, a name that is no registry version last.
+  const versionOrder = (a, b) => {
+    const n = (v) => (/^v(\d+)$/.exec(v) || [])[1];
+    const x = n(a), y = n(b);
+    return x !== undefined && y !== undefined ? Number(y) - Number(x)
+      : x !== undefined ? -1 : y !== undefined ? 1 : a < b ? 1 : a > b ? -1 : 0;
+  };
+
+  // The version whose drift is drawn: the URL's, else the newest in the range.
+  function driftVersion() {
+    if (past.range.v) return past.range.v;
+    const names = ((past.view && past.view.all.versions) || []).filter(Boolean).sort(versionOrder);
+    return names.length ? names[0] : null;
+  }
+
+  async function loadDrift() {
+    const v = past.view, fig = $("h-drift");
+    const version = v ? driftVersion() : null;
+    const dgen = ++past.dgen;
+    if (!v || !(v.all.series || []).length || version === null) {
+      past.drift = null; past.driftError = null;
+      fig.removeAttribute("aria-busy");
+      renderDriftHistory();
+      return;
+    }
+    fig.setAttribute("aria-busy", "true");
+    if (!past.drift || past.drift.version !== version) {
+      past.drift = { version, answer: null };
+      renderDriftHistory();
+    }
+    try {
+      const answer = await getHistory({ since: v.all.since, until: v.all.until, step: v.all.step,
+                                        model_version: version });
+      if (dgen !== past.dgen) return;
+      past.drift = { version, answer };
+      past.driftError = null;
+    } catch (err) {
+      if (dgen !== past.dgen) return;
+      past.driftError = err.message;
+    }
+    fig.removeAttribute("aria-busy");
+    renderDriftHistory();
   }
 
   // Colours follow the version's name, so a version keeps its colour from range to range.
@@ -921,9 +983,10 @@
   function layOut(v) {
     const step = v.all.step, first = Math.floor(v.since / step) * step;
     const n = Math.max(1, Math.ceil((v.until - first) / step));
-    const colours = coloursOf(v.versions.map((x) => x.name));
-    const lines = v.versions.map((x) => ({ name: x.name, label: x.name || "(no version)",
-                                           colour: colours.get(x.name), points: x.answer.series || [], all: false }));
+    const names = v.all.versions || [], by = v.all.by_version || {};
+    const colours = coloursOf(names);
+    const lines = names.map((name) => ({ name, label: name || "(no version)",
+                                         colour: colours.get(name), points: by[name] || [], all: false }));
     // The combined line says something only beside two versions or more.
     if (lines.length !== 1) {
       lines.unshift({ name: "*", label: "all versions", colour: ALL_COLOUR, points: v.all.series, all: true });
@@ -938,7 +1001,8 @@
       }
       line.totals = totals(line.points);
     }
-    return { since: v.since, until: v.until, step, first, n, lines };
+    const written = missing(v.all.written_until) ? null : v.all.written_until;
+    return { since: v.since, until: v.until, step, first, n, lines, written };
   }
 
   function rangeText(v) {
@@ -960,10 +1024,10 @@
       $("h-empty").hidden = true; $("h-body").hidden = true;
       return;
     }
-    const all = v.all, answers = [all, ...v.versions.map((x) => x.answer)];
-    const complete = answers.every((a) => a.complete !== false);
+    const all = v.all;
+    const complete = all.complete !== false;
     if (!complete) {
-      const skipped = Math.max(...answers.map((a) => a.skipped_files || 0));
+      const skipped = all.skipped_files || 0;
       warnings.unshift(`Incomplete: ${fmt(skipped)} history file${skipped === 1 ? "" : "s"} could not be read, ` +
                        "so these figures leave their rows out.");
     }
@@ -977,7 +1041,12 @@
       RANGES[v.key] ? "refreshed every 30 s" : "",
     ].filter(Boolean).join(" · ");
     const empty = !(all.series || []).length;
+    const written = missing(all.written_until) ? null : all.written_until;
+    panel.dataset.writtenUntil = written === null ? "" : String(written);
     $("h-empty").hidden = !empty;
+    $("h-empty").textContent = "No history in this range yet; " + (written === null
+      ? "rows reach the history within 30 s."
+      : `the history is written up to ${whenText(written, v)}, and newer rows reach it within 30 s.`);
     $("h-body").hidden = empty;
     past.chart = empty ? null : layOut(v);
     panel.dataset.state = empty ? "empty" : "ready";
@@ -995,12 +1064,21 @@
       : "p95 exact: read from the rows";
     $("h-per").textContent = `in the range · per ${windowName(all.step)}`;
     const lines = past.chart.lines;
-    $("h-legend").replaceChildren(...lines.map((line) => {
+    const keys = lines.map((line) => {
       const key = span(line.label, `key h-key${line.all ? " all" : ""}`);
       key.dataset.version = line.name;
       key.style.setProperty("--c", line.colour);
       return key;
-    }));
+    });
+    // Where the range runs past the history: shaded on the charts, and said here.
+    if (written !== null && written < v.until) {
+      const key = span(`history written up to ${whenText(written, v)}`, "key h-written");
+      key.id = "h-written";
+      key.dataset.value = String(written);
+      key.title = "rows joined after this are in the live log, and reach the history within 30 s";
+      keys.push(key);
+    }
+    $("h-legend").replaceChildren(...keys);
     $("h-summary").replaceChildren(...lines.map((line) => {
       const tr = document.createElement("tr");
       tr.dataset.version = line.name;
@@ -1016,6 +1094,11 @@
       return tr;
     }));
     drawHistoryCharts();
+  }
+
+  // A time as a clock, with the day when the range is longer than a day or not today's.
+  function whenText(t, v) {
+    return `${v.until - v.since > 86400 || !sameDay(t, Date.now() / 1000) ? `${day(t)} ` : ""}${clock(t, true)}`;
   }
 
   function timeTicks(since, until, room) {
@@ -1035,18 +1118,14 @@
     return ticks;
   }
 
-  function drawHistoryChart(metric) {
-    const c = past.chart, el = $(`h-${metric}`), pad = HISTORY_PAD;
-    const { ctx, w, h } = canvas(el);
-    let top = 0;
-    for (const line of c.lines) for (const v of line.values[metric]) if (!missing(v) && v > top) top = v;
-    const max = top > 0 ? roundUp(top * 1.1) : 1;
-    axes(ctx, w, h, pad, max, "", tickText);
-    const at = (t) => pad.l + (w - pad.l - pad.r) * Math.min(1, Math.max(0, (t - c.since) / (c.until - c.since)));
-    const x = (i) => at(c.first + (i + 0.5) * c.step);
-    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+  // x of a time on a chart of [since, until), clamped to the plot.
+  const timeX = (w, pad, since, until) => (t) =>
+    pad.l + (w - pad.l - pad.r) * Math.min(1, Math.max(0, (t - since) / (until - since)));
+
+  function timeAxis(ctx, w, h, pad, since, until, at) {
     ctx.textAlign = "center";
-    for (const [t, text] of timeTicks(c.since, c.until, w - pad.l - pad.r)) {
+    ctx.fillStyle = "#64748b";
+    for (const [t, text] of timeTicks(since, until, w - pad.l - pad.r)) {
       const tx = at(t), half = ctx.measureText(text).width / 2;
       ctx.strokeStyle = "#f1f5f9";
       ctx.beginPath(); ctx.moveTo(tx, pad.t); ctx.lineTo(tx, h - pad.b); ctx.stroke();
@@ -1055,6 +1134,35 @@
       ctx.fillText(text, Math.min(Math.max(tx, half + 1), w - half - 1), h - 5);
     }
     ctx.textAlign = "left";
+  }
+
+  // The part of the range the history does not reach yet: shaded, from a dashed line.
+  function notWritten(ctx, el, w, h, pad, c, at) {
+    delete el.dataset.writtenX;
+    if (c.written === null || c.written >= c.until) return;
+    const x0 = at(c.written);
+    ctx.fillStyle = "rgba(100, 116, 139, 0.12)";
+    ctx.fillRect(x0, pad.t, w - pad.r - x0, h - pad.t - pad.b);
+    if (c.written > c.since) {
+      ctx.strokeStyle = "#64748b"; ctx.lineWidth = 1; ctx.setLineDash([3, 3]);
+      ctx.beginPath(); ctx.moveTo(x0, pad.t); ctx.lineTo(x0, h - pad.b); ctx.stroke();
+      ctx.setLineDash([]);
+    }
+    el.dataset.writtenX = String(x0);
+  }
+
+  function drawHistoryChart(metric) {
+    const c = past.chart, el = $(`h-${metric}`), pad = HISTORY_PAD;
+    const { ctx, w, h } = canvas(el);
+    let top = 0;
+    for (const line of c.lines) for (const v of line.values[metric]) if (!missing(v) && v > top) top = v;
+    const max = top > 0 ? roundUp(top * 1.1) : 1;
+    const at = timeX(w, pad, c.since, c.until);
+    notWritten(ctx, el, w, h, pad, c, at);
+    axes(ctx, w, h, pad, max, "", tickText);
+    const x = (i) => at(c.first + (i + 0.5) * c.step);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    timeAxis(ctx, w, h, pad, c.since, c.until, at);
     for (const line of c.lines) {
       ctx.strokeStyle = ctx.fillStyle = line.colour;
       ctx.lineWidth = line.all ? 1.5 : 2;
@@ -1078,6 +1186,7 @@
   function drawHistoryCharts() {
     if (!past.chart || $("history").hidden) return;
     for (const metric of HISTORY_METRICS) drawHistoryChart(metric);
+    drawDriftCharts();
   }
 
   // The values of every line in the step under the pointer, beside it.
@@ -1129,6 +1238,272 @@
       drawHistoryCharts();
     });
   }
+  // ------------------------------------------------------------ history: drift of one version
+  // Per step of scoring time: each feature's PSI (thin), the prediction's, the feature that
+  // went highest drawn over them and named at its peak, the warning and drift thresholds;
+  // beside it the estimated MAE against the realized MAE of the same version.
+  function layOutDrift(version, answer) {
+    const d = answer.drift, step = d.step, since = answer.since, until = answer.until;
+    const first = Math.floor(since / step) * step;
+    const n = Math.max(1, Math.ceil((until - first) / step));
+    const points = d.series || [], names = [];
+    for (const p of points) for (const name of Object.keys(p.features || {})) if (!names.includes(name)) names.push(name);
+    const blank = (fill) => new Array(n).fill(fill);
+    const features = Object.fromEntries(names.map((name) => [name, blank(null)]));
+    const prediction = blank(null), events = blank(0), estimated = blank(null);
+    for (const p of points) {
+      const i = Math.round((p.t - first) / step);
+      if (i < 0 || i >= n) continue;
+      events[i] = p.events; estimated[i] = p.estimated_mae; prediction[i] = p.prediction_psi;
+      for (const name of names) features[name][i] = missing(p.features[name]) ? null : p.features[name];
+    }
+    // The realized MAE per the same step, from the version's series (a finer step divides it).
+    const sums = blank(0), counts = blank(0);
+    for (const p of answer.series || []) {
+      const i = Math.floor((p.t - first) / step);
+      if (i < 0 || i >= n) continue;
+      sums[i] += p.mae * p.count; counts[i] += p.count;
+    }
+    const realized = counts.map((c, i) => c ? sums[i] / c : null);
+    let top = null;
+    for (const name of names) {
+      features[name].forEach((v, i) => { if (!missing(v) && (top === null || v > top.value)) top = { name, value: v, i }; });
+    }
+    return { version, since, until, step, first, n, names, features, prediction, events, estimated,
+             realized, top, complete: d.complete !== false };
+  }
+
+  function versionOptions(names, chosen) {
+    const select = $("h-dv"), all = chosen && !names.includes(chosen) ? [...names, chosen] : names;
+    const key = JSON.stringify([all, chosen]);
+    if (select.dataset.options !== key) {
+      select.dataset.options = key;
+      select.replaceChildren(...all.map((name) => {
+        const o = document.createElement("option");
+        o.value = name;
+        o.textContent = names.includes(name) ? name : `${name} (no rows in range)`;
+        return o;
+      }));
+    }
+    select.value = chosen || "";
+    select.disabled = !all.length;
+  }
+
+  function renderDriftHistory() {
+    const fig = $("h-drift"), off = $("h-d-off"), body = $("h-d-body"), d = past.drift;
+    const view = past.view;
+    const names = ((view && view.all.versions) || []).filter(Boolean).sort(versionOrder);
+    versionOptions(names, d ? d.version : null);
+    const answer = d && d.answer, drift = answer && answer.drift;
+    let state = "ready", message = "";
+    if (!d) {
+      state = "off"; message = "No model version in this range to draw the drift of.";
+    } else if (past.driftError && !answer) {
+      state = "error"; message = `Drift unavailable: ${past.driftError}`;
+    } else if (!answer) {
+      state = "loading"; message = "loading…";
+    } else if (!drift || drift.unavailable) {
+      state = "unavailable"; message = drift ? drift.unavailable : "this gateway gives no drift";
+    } else if (!(drift.series || []).length) {
+      state = "empty";
+      message = `No drift counts of ${d.version} in this range: each minute's counts reach the history a few minutes after it ends.`;
+    } else if (past.driftError) {
+      message = `Not refreshed: ${past.driftError}`;
+    }
+    const ready = state === "ready";
+    if (!ready || !past.driftChart || past.driftChart.version !== d.version) past.dhover = null;
+    past.driftChart = ready ? layOutDrift(d.version, answer) : null;
+    fig.dataset.state = state;
+    fig.dataset.version = d ? d.version : "";
+    off.hidden = !message;
+    off.textContent = message;
+    body.hidden = !ready;
+    const topEl = $("h-d-top"), c = past.driftChart;
+    if (!c) {
+      topEl.textContent = ""; delete topEl.dataset.feature; delete topEl.dataset.value;
+      $("h-d-note").textContent = "";
+      return;
+    }
+    const scored = c.events.reduce((a, b) => a + b, 0);
+    $("h-d-note").textContent = [`per ${windowName(c.step)} of scoring time`, `${fmt(scored)} events scored`,
+      c.complete ? "" : "incomplete: a drift file could not be read"].filter(Boolean).join(" · ");
+    if (c.top) {
+      const at = c.first + c.top.i * c.step;
+      topEl.textContent = `${c.top.name} ${quantity(c.top.value)}`;
+      topEl.dataset.feature = c.top.name; topEl.dataset.value = String(c.top.value);
+      topEl.title = `highest PSI of any feature in one step: ${c.top.name}, ${fixed(c.top.value, 3)} at ${whenText(at, c)}`;
+      $("h-d-key-top").textContent = c.top.name;
+    } else {
+      topEl.textContent = "no PSI"; delete topEl.dataset.feature; delete topEl.dataset.value;
+      topEl.title = "no step had enough events for a PSI";
+      $("h-d-key-top").textContent = "top feature";
+    }
+    $("h-d-key-warn").textContent = `warn ${PSI_WARN}`;
+    $("h-d-key-drift").textContent = `drift ${PSI_DRIFT}`;
+    $("h-d-mae-note").textContent = "estimated by time scored, realized by time joined";
+    drawDriftCharts();
+  }
+
+  function hoverLine(ctx, x, h, pad) {
+    ctx.strokeStyle = "#94a3b8"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.moveTo(x, pad.t); ctx.lineTo(x, h - pad.b); ctx.stroke();
+  }
+
+  function drawPsiChart(c) {
+    const el = $("h-psi"), pad = HISTORY_PAD;
+    const { ctx, w, h } = canvas(el);
+    let top = PSI_DRIFT;
+    for (const values of [c.prediction, ...Object.values(c.features)]) {
+      for (const v of values) if (!missing(v) && v > top) top = v;
+    }
+    const max = roundUp(top * 1.15);
+    axes(ctx, w, h, pad, max, "", tickText);
+    const at = timeX(w, pad, c.since, c.until);
+    const x = (i) => at(c.first + (i + 0.5) * c.step);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    timeAxis(ctx, w, h, pad, c.since, c.until, at);
+    // The guides, named at the right end; side by side when they run too close for two rows.
+    ctx.lineWidth = 1; ctx.textAlign = "right";
+    let right = w - pad.r - 2;
+    for (const [v, colour, text] of [[PSI_DRIFT, DRIFT_COLOURS.drift, `drift ${PSI_DRIFT}`],
+                                     [PSI_WARN, DRIFT_COLOURS.warn, `warn ${PSI_WARN}`]]) {
+      ctx.strokeStyle = ctx.fillStyle = colour;
+      ctx.setLineDash([5, 4]);
+      ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(w - pad.r, y(v)); ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.fillText(text, right, y(v) - 3);
+      const close = y(PSI_WARN) - y(PSI_DRIFT) < 12;
+      right = close ? right - ctx.measureText(text).width - 8 : w - pad.r - 2;
+    }
+    ctx.textAlign = "left";
+    const topName = c.top ? c.top.name : null;
+    ctx.lineWidth = 1;
+    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.feature;
+    for (const name of c.names) if (name !== topName) trace(ctx, c.features[name], x, y);
+    ctx.lineWidth = 1.5; ctx.setLineDash([4, 3]);
+    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.prediction;
+    trace(ctx, c.prediction, x, y);
+    ctx.setLineDash([]);
+    delete el.dataset.top; delete el.dataset.peakX;
+    if (c.top) {
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.top;
+      trace(ctx, c.features[topName], x, y);
+      // Its name and highest PSI at its peak, on a halo so that the lines under it do not blur it.
+      const px = x(c.top.i), py = y(c.top.value), text = `${topName} ${quantity(c.top.value)}`;
+      ctx.beginPath(); ctx.arc(px, py, 3.5, 0, 2 * Math.PI); ctx.fill();
+      ctx.font = "600 11px system-ui, sans-serif";
+      const tw = ctx.measureText(text).width;
+      const tx = px + 6 + tw <= w - pad.r ? px + 6 : px - 6 - tw;
+      const ty = Math.max(pad.t + 10, py - 6);
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.9)"; ctx.lineWidth = 3; ctx.lineJoin = "round";
+      ctx.strokeText(text, tx, ty);
+      ctx.fillText(text, tx, ty);
+      ctx.font = "11px system-ui, sans-serif";
+      el.dataset.top = topName; el.dataset.peakX = String(px);
+    }
+    if (past.dhover !== null) hoverLine(ctx, x(past.dhover), h, pad);
+  }
+
+  function drawMaeChart(c) {
+    const el = $("h-est"), pad = HISTORY_PAD;
+    const { ctx, w, h } = canvas(el);
+    const seen = [...c.estimated, ...c.realized].filter((v) => !missing(v));
+    const max = seen.length && Math.max(...seen) > 0 ? roundUp(Math.max(...seen) * 1.1) : 1;
+    axes(ctx, w, h, pad, max, "", tickText);
+    const at = timeX(w, pad, c.since, c.until);
+    const x = (i) => at(c.first + (i + 0.5) * c.step);
+    const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
+    timeAxis(ctx, w, h, pad, c.since, c.until, at);
+    ctx.lineWidth = 2;
+    ctx.setLineDash([6, 4]);
+    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.estimated;
+    trace(ctx, c.estimated, x, y);
+    ctx.setLineDash([]);
+    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.realized;
+    trace(ctx, c.realized, x, y);
+    if (past.dhover !== null) hoverLine(ctx, x(past.dhover), h, pad);
+  }
+
+  function drawDriftCharts() {
+    const c = past.driftChart;
+    if (!c || $("history").hidden || $("h-body").hidden) return;
+    drawPsiChart(c);
+    drawMaeChart(c);
+  }
+
+  // What the step under the pointer held: events, the prediction's PSI, the features
+  // highest first, and both MAEs.
+  function showDriftTip(el, px) {
+    const c = past.driftChart, i = past.dhover, fig = $("h-drift"), tip = fig.querySelector(".h-tip");
+    const t = c.first + i * c.step;
+    const row = (label, value, colour, cls) => {
+      const r = span("", `row${cls ? ` ${cls}` : ""}`);
+      const swatch = span("", "swatch");
+      if (colour) swatch.style.setProperty("--c", colour); else swatch.style.visibility = "hidden";
+      const num = span(value, "num");
+      r.append(swatch, span(label, "who"), num);
+      return [r, num];
+    };
+    const rows = [row("events scored", fmt(c.events[i]))[0]];
+    const [pred, predNum] = row("prediction PSI", quantity(c.prediction[i]), DRIFT_COLOURS.prediction);
+    predNum.dataset.value = missing(c.prediction[i]) ? "" : String(c.prediction[i]);
+    rows.push(pred);
+    const ranked = c.names.filter((name) => !missing(c.features[name][i]))
+      .sort((a, b) => c.features[b][i] - c.features[a][i]);
+    for (const name of ranked.slice(0, DRIFT_TIP_FEATURES)) {
+      const v = c.features[name][i];
+      const colour = c.top && name === c.top.name ? DRIFT_COLOURS.top : DRIFT_COLOURS.feature;
+      const [r, num] = row(name, quantity(v), colour, v >= PSI_DRIFT ? "drift" : v >= PSI_WARN ? "warn" : "");
+      r.dataset.feature = name; num.dataset.value = String(v);
+      rows.push(r);
+    }
+    if (ranked.length > DRIFT_TIP_FEATURES) rows.push(span(`+ ${ranked.length - DRIFT_TIP_FEATURES} more features`, "when"));
+    if (!ranked.length) rows.push(span("too few events for a PSI", "when"));
+    rows.push(row("estimated MAE", quantity(c.estimated[i]), DRIFT_COLOURS.estimated)[0]);
+    rows.push(row("realized MAE", quantity(c.realized[i]), DRIFT_COLOURS.realized)[0]);
+    const when = c.step >= 86400 ? day(t)
+      : `${c.until - c.since > 86400 || !sameDay(t, Date.now() / 1000) ? `${day(t)} ` : ""}${clock(t)}–${clock(t + c.step)}`;
+    tip.replaceChildren(span(when, "when"), ...rows);
+    tip.hidden = false;
+    const box = fig.getBoundingClientRect(), rect = el.getBoundingClientRect();
+    const fx = rect.left - box.left + px, width = tip.offsetWidth, room = fig.clientWidth;
+    const left = fx + 14 + width <= room ? fx + 14 : fx - 14 - width;
+    tip.style.left = `${Math.max(0, Math.min(left, room - width))}px`;
+    tip.style.top = `${rect.top - box.top + HISTORY_PAD.t}px`;
+  }
+
+  function driftHoverAt(el, ev) {
+    const c = past.driftChart;
+    if (!c) return;
+    const rect = el.getBoundingClientRect(), pad = HISTORY_PAD;
+    const px = ev.clientX - rect.left;
+    const share = Math.min(1, Math.max(0, (px - pad.l) / (rect.width - pad.l - pad.r)));
+    const t = c.since + share * (c.until - c.since);
+    past.dhover = Math.min(c.n - 1, Math.max(0, Math.floor((t - c.first) / c.step)));
+    drawDriftCharts();
+    hideTips();
+    showDriftTip(el, px);
+  }
+
+  for (const el of [$("h-psi"), $("h-est")]) {
+    el.addEventListener("pointermove", (ev) => driftHoverAt(el, ev));
+    el.addEventListener("pointerdown", (ev) => driftHoverAt(el, ev));
+    el.addEventListener("pointerleave", (ev) => {
+      if (ev.pointerType !== "mouse") return;
+      past.dhover = null;
+      hideTips();
+      drawDriftCharts();
+    });
+  }
+
+  // Another version's drift: the range stays, the URL's entry names the version now.
+  $("h-dv").addEventListener("change", (ev) => {
+    const r = { ...past.range, v: ev.target.value };
+    window.history.replaceState(null, "", location.pathname + location.search + rangeHash(r));
+    applyRange(r);
+  });
+
   window.addEventListener("resize", () => { hideTips(); drawHistoryCharts(); });
   window.addEventListener("hashchange", fromUrl);
   window.addEventListener("popstate", fromUrl);
