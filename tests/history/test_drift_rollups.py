@@ -13,7 +13,7 @@ import pytest
 
 from mlpulse.config import Settings
 from mlpulse.drift import DriftStore, Reference, Thresholds, column_profile
-from mlpulse.history.drift_rollups import DriftArchive, drift_series
+from mlpulse.history.drift_rollups import DriftArchive, drift_series, drift_written_until
 from mlpulse.history.layout import DRIFT
 from mlpulse.history.query import scan
 from mlpulse.history.writer import HistoryWriter
@@ -123,3 +123,20 @@ def _empty_log(tmp_path: Path) -> IO[bytes]:
     path = tmp_path / "metric_log.csv"
     path.write_bytes(b"id\n")
     return path.open("rb")
+
+
+async def test_a_version_without_an_error_estimator_has_no_estimate_not_zero(
+        aredis: Any, tmp_path: Path) -> None:
+    ref = reference()
+    store = DriftStore(aredis, Settings(redis_url=f"redis://localhost:6379/{REDIS_DB}"))
+    minute = int((NOW - 600) // 60) * 60
+    X = np.column_stack([RNG.normal(0, 1, 1200), RNG.normal(5, 2, 1200)])
+    ints, _ = ref.batch_fields(X, X.sum(axis=1), None)
+    await store.record("v1", ints, [], now=minute + 30)
+    archive = DriftArchive(tmp_path / "history")
+    assert await archive.export(aredis, NOW, keep=3600) > 0
+    points, _ = drift_series(tmp_path / "history", NOW - 3600, NOW, 600, "v1", ref,
+                             Thresholds())
+    assert [p["events"] for p in points] == [1200]
+    assert points[0]["estimated_mae"] is None
+    assert drift_written_until(tmp_path / "history") == int((NOW - 120) // 60) * 60

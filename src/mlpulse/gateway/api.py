@@ -19,7 +19,7 @@ from mlpulse.gateway.deps import CurrentUser, Gateway, GatewayDep, user_of
 from mlpulse.gateway.relay import read_history
 from mlpulse.health import role_problems
 from mlpulse.history import query
-from mlpulse.history.drift_rollups import drift_series
+from mlpulse.history.drift_rollups import drift_series, drift_written_until
 from mlpulse.store import read_histogram, read_recent, read_summary
 
 router = APIRouter()
@@ -130,7 +130,9 @@ async def history(user: CurrentUser, gw: GatewayDep, since: float | None = None,
     MLPULSE_HISTORY_FLUSH_SECONDS). `per_version=true` adds `by_version`, a series per
     version from the same read. With a model version,
     `drift` gives per step (of scoring time, whole minutes) the events, the estimated MAE
-    and the PSI of each feature and of the prediction against the version's reference."""
+    and the PSI of each feature and of the prediction against the version's reference,
+    with the PSI thresholds in force and how far the drift counts reach (they are copied
+    a few minutes after each minute ends)."""
     now = time.time()
     until = now if until is None else until
     since = until - 3600 if since is None else since
@@ -156,10 +158,15 @@ async def _drift_history(gw: Gateway, answer: dict[str, Any],
     if isinstance(ref, str):
         return {"unavailable": ref}
     step = max(60, -(-answer["step"] // 60) * 60)
+    root = gw.settings.history_path
     points, scan = await asyncio.to_thread(
-        drift_series, gw.settings.history_path, answer["since"], answer["until"], step,
-        version, ref, view.store.thresholds)
-    return {"step": step, "complete": not scan.skipped, "series": points}
+        drift_series, root, answer["since"], answer["until"], step, version, ref,
+        view.store.thresholds)
+    t = view.store.thresholds
+    return {"step": step, "complete": not scan.skipped, "series": points,
+            "written_until": drift_written_until(root),
+            "thresholds": {"psi_warn": t.warn, "psi_drift": t.drift,
+                           "min_events": t.min_events}}
 
 
 @router.get("/plot.png", tags=["api"])

@@ -116,6 +116,12 @@ class DriftArchive:
         self._save(last, None)
 
 
+def drift_written_until(root: Path) -> float | None:
+    """The end of the last minute of drift counts in the history."""
+    minute = read_checkpoint(root / DRIFT / _CHECKPOINT).get("minute")
+    return float(minute + COARSE_SECONDS) if isinstance(minute, int) else None
+
+
 def drift_series(root: Path, since: float, until: float, step: int, version: str,
                  ref: Reference, thresholds: Thresholds) -> tuple[list[dict[str, Any]], Scan]:
     """Per step of scoring time: events, estimated MAE, and the PSI of each feature and of
@@ -145,7 +151,8 @@ def drift_series(root: Path, since: float, until: float, step: int, version: str
         psis = trend(ref, [total], thresholds)
         points.append({
             "t": t_, "events": int(n),
-            "estimated_mae": total.get("e", 0.0) / n if n else None,
+            # No "e" field: the version has no error estimator, so no estimate (not 0).
+            "estimated_mae": total["e"] / n if n and "e" in total else None,
             "prediction_psi": psis.pop("prediction")[0],
             "features": {name: values[0] for name, values in psis.items()},
         })

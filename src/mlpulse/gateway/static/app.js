@@ -726,9 +726,9 @@
   const HISTORY_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                          21600, 43200, 86400, 604800];
   const HISTORY_POINTS = 120;
-  // The PSI guide lines: the gateway's default warning and drift thresholds (the API does
-  // not say which ones it was started with).
-  const PSI_WARN = 0.1, PSI_DRIFT = 0.25;
+  // The PSI guide lines: the thresholds the gateway runs with (each drift answer says
+  // them; these defaults hold until one has).
+  let PSI_WARN = 0.1, PSI_DRIFT = 0.25;
   const DRIFT_COLOURS = { top: "#7c3aed", feature: "#94a3b8", prediction: "#0f172a", warn: "#d97706",
                           drift: "#dc2626", estimated: "#2563eb", realized: "#dc2626" };
   const DRIFT_TIP_FEATURES = 5;
@@ -1244,6 +1244,7 @@
   // beside it the estimated MAE against the realized MAE of the same version.
   function layOutDrift(version, answer) {
     const d = answer.drift, step = d.step, since = answer.since, until = answer.until;
+    if (d.thresholds) { PSI_WARN = d.thresholds.psi_warn; PSI_DRIFT = d.thresholds.psi_drift; }
     const first = Math.floor(since / step) * step;
     const n = Math.max(1, Math.ceil((until - first) / step));
     const points = d.series || [], names = [];
