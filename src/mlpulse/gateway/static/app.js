@@ -160,6 +160,17 @@
   };
 
   // A line through the values at x(i); a null is a gap, and a value between two gaps a dot.
+  // Estimated MAE dashed, realized MAE solid, in the given colours.
+  function traceMaes(ctx, estimated, realized, colours, x, y) {
+    ctx.lineWidth = 2;
+    ctx.setLineDash([6, 4]);
+    ctx.strokeStyle = ctx.fillStyle = colours.estimated;
+    trace(ctx, estimated, x, y);
+    ctx.setLineDash([]);
+    ctx.strokeStyle = ctx.fillStyle = colours.realized;
+    trace(ctx, realized, x, y);
+  }
+
   function trace(ctx, values, x, y) {
     ctx.beginPath();
     values.forEach((v, i) => {
@@ -278,13 +289,7 @@
       ctx.strokeStyle = MAE_COLOURS.reference; ctx.lineWidth = 1; ctx.setLineDash([2, 3]);
       ctx.beginPath(); ctx.moveTo(pad.l, y(ref)); ctx.lineTo(w - pad.r, y(ref)); ctx.stroke();
     }
-    ctx.lineWidth = 2;
-    ctx.setLineDash([6, 4]);
-    ctx.strokeStyle = ctx.fillStyle = MAE_COLOURS.estimated;
-    trace(ctx, trend.estimated_mae, x, y);
-    ctx.setLineDash([]);
-    ctx.strokeStyle = ctx.fillStyle = MAE_COLOURS.realized;
-    trace(ctx, trend.realized_mae, x, y);
+    traceMaes(ctx, trend.estimated_mae, trend.realized_mae, MAE_COLOURS, x, y);
     // Each change inside the hour: a vertical mark at its time, "before → after" on top;
     // labels alternate between two rows so that close changes stay legible.
     ctx.lineWidth = 1.5;
@@ -1214,14 +1219,20 @@
     for (const tip of document.querySelectorAll("#history .h-tip")) tip.hidden = true;
   }
 
-  function hoverAt(fig, ev) {
-    const c = past.chart;
-    if (!c) return;
-    const rect = fig.querySelector("canvas").getBoundingClientRect(), pad = HISTORY_PAD;
+  // The step under the pointer on a chart laid out as `c`, and the pointer's x in it.
+  function stepUnder(c, canvasEl, ev) {
+    const rect = canvasEl.getBoundingClientRect(), pad = HISTORY_PAD;
     const px = ev.clientX - rect.left;
     const share = Math.min(1, Math.max(0, (px - pad.l) / (rect.width - pad.l - pad.r)));
     const t = c.since + share * (c.until - c.since);
-    past.hover = Math.min(c.n - 1, Math.max(0, Math.floor((t - c.first) / c.step)));
+    return { i: Math.min(c.n - 1, Math.max(0, Math.floor((t - c.first) / c.step))), px };
+  }
+
+  function hoverAt(fig, ev) {
+    const c = past.chart;
+    if (!c) return;
+    const { i, px } = stepUnder(c, fig.querySelector("canvas"), ev);
+    past.hover = i;
     drawHistoryCharts();
     hideTips();
     showTip(fig, px);
@@ -1416,13 +1427,7 @@
     const x = (i) => at(c.first + (i + 0.5) * c.step);
     const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
     timeAxis(ctx, w, h, pad, c.since, c.until, at);
-    ctx.lineWidth = 2;
-    ctx.setLineDash([6, 4]);
-    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.estimated;
-    trace(ctx, c.estimated, x, y);
-    ctx.setLineDash([]);
-    ctx.strokeStyle = ctx.fillStyle = DRIFT_COLOURS.realized;
-    trace(ctx, c.realized, x, y);
+    traceMaes(ctx, c.estimated, c.realized, DRIFT_COLOURS, x, y);
     if (past.dhover !== null) hoverLine(ctx, x(past.dhover), h, pad);
   }
 
@@ -1477,11 +1482,8 @@
   function driftHoverAt(el, ev) {
     const c = past.driftChart;
     if (!c) return;
-    const rect = el.getBoundingClientRect(), pad = HISTORY_PAD;
-    const px = ev.clientX - rect.left;
-    const share = Math.min(1, Math.max(0, (px - pad.l) / (rect.width - pad.l - pad.r)));
-    const t = c.since + share * (c.until - c.since);
-    past.dhover = Math.min(c.n - 1, Math.max(0, Math.floor((t - c.first) / c.step)));
+    const { i, px } = stepUnder(c, el, ev);
+    past.dhover = i;
     drawDriftCharts();
     hideTips();
     showDriftTip(el, px);
