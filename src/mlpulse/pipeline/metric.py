@@ -52,6 +52,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     The sink and the sweeper live as long as the process; only the consumer is rebuilt
     when RabbitMQ goes away and comes back. A crash in any of them ends the role.
     """
+    telemetry.claim_for_metric_role()
     async with contextlib.AsyncExitStack() as stack:
         redis = await connect_redis(settings)
         stack.push_async_callback(redis.aclose)
