@@ -59,6 +59,12 @@ def test_live_dashboard_follows_the_stream(env: Env, spawn: Callable[..., Role],
         wait_until(lambda: canvas_pixels(page, "hist") != first_hist, what="histogram redrawn")
         assert number(page, "m-mae") is not None
         assert page.locator("#recent tr").count() > 0
+        # Ids of one run share their start: each row shows the end of its id, all of it
+        # on hover, so rows tell apart.
+        ids = page.eval_on_selector_all(
+            "#recent tr td:first-child", "cells => cells.map(c => [c.textContent, c.title])")
+        assert all(full.endswith(shown.lstrip("…")) for shown, full in ids), ids
+        assert len({shown for shown, _ in ids}) == len(ids), ids
         assert producer.wait(60) == 0
     finally:
         if producer.poll() is None:

@@ -27,7 +27,7 @@ def test_tasks_panel_scores_an_upload_live(env: Env, spawn: Callable[..., Role],
     page = browser.new_page(viewport={"width": 1360, "height": 1000})
     page.goto(f"{alice.gateway.http}/?token={token('alice')}")
     page.wait_for_selector("#conn[data-state=live]")
-    page.wait_for_function("document.getElementById('who').textContent === 'alice'")
+    page.wait_for_function("() => document.getElementById('who').textContent === 'alice'")
     assert page.is_hidden("#t-retrain"), "only admins see the retrain button"
 
     page.set_input_files("#t-file", str(upload))
@@ -42,6 +42,9 @@ def test_tasks_panel_scores_an_upload_live(env: Env, spawn: Callable[..., Role],
     fetched = page.evaluate(f"fetch('{link}').then(r => r.text())")
     assert fetched.count("\n") == 4001
     assert "batch-score success" in page.inner_text("#feed")
+    # The line that said the upload was queued follows it to the end.
+    page.wait_for_function(
+        "() => document.getElementById('t-status').textContent.endsWith(': done')")
 
     # A bad file is refused with the reason in plain words, and nothing is queued.
     bad = env.root / "bad.csv"

@@ -115,6 +115,8 @@
     return td;
   }
 
+  const ID_SHOWN = 12;
+
   function renderRecent(rows) {
     if (!rows) return;
     const body = $("recent");
@@ -125,7 +127,10 @@
       const bar = document.createElement("span");
       bar.className = "bar"; bar.style.width = `${Math.round(40 * r.absolute_error / max)}px`;
       err.appendChild(bar);
-      tr.append(cell(String(r.id)), cell(fmt(r.y_true)), cell(fmt(r.y_pred)), err, cell(r.model_version || "–"));
+      // Ids of one run share their start: show the end that tells them apart, all on hover.
+      const id = String(r.id), idCell = cell(id.length > ID_SHOWN ? `…${id.slice(-ID_SHOWN)}` : id);
+      idCell.title = id;
+      tr.append(idCell, cell(fmt(r.y_true)), cell(fmt(r.y_pred)), err, cell(r.model_version || "–"));
       return tr;
     }));
   }
@@ -672,9 +677,20 @@
     }));
   }
 
+  // The status line under the task buttons follows the task it announced to the end.
+  let announced = null;  // { id, label }
+  const STATE_WORDS = { PENDING: "queued", STARTED: "running", PROGRESS: "running",
+                        RETRY: "retrying", SUCCESS: "done", FAILURE: "failed" };
+
   function taskEvent(data) {
-    tasks.set(data.id, normalise(data));
+    const rec = normalise(data);
+    tasks.set(data.id, rec);
     renderTasks();
+    if (announced && announced.id === rec.id && STATE_WORDS[rec.state]) {
+      const status = $("t-status");
+      status.className = rec.state === "FAILURE" ? "error" : "muted";
+      status.textContent = `${announced.label}: ${STATE_WORDS[rec.state]}`;
+    }
   }
 
   async function loadTasks() {
@@ -692,6 +708,7 @@
       const body = await r.json().catch(() => ({}));
       if (!r.ok) throw new Error(body.detail || `${r.status} ${r.statusText}`);
       status.textContent = `${label}: queued`;
+      announced = { id: body.id, label };
       taskEvent({ id: body.id, kind, state: body.state, submitted: Date.now() / 1000 });
     } catch (err) {
       status.className = "error"; status.textContent = `${label}: ${err.message}`;
