@@ -67,8 +67,9 @@
     while (last > 0 && counts[last] === 0) last--;
     const shown = counts.slice(0, Math.max(last + 1, 10));
     const overflow = hist.counts[hist.counts.length - 1];
-    const max = Math.max(1, ...shown);
-    axes(ctx, w, h, pad, max, "absolute error");
+    // Counts are whole: a top that divides by the four gridlines keeps every tick whole.
+    const max = Math.ceil(Math.max(1, ...shown) / 4) * 4;
+    axes(ctx, w, h, pad, max, "absolute error", (v) => fmt(v, 0));
     const bw = (w - pad.l - pad.r) / shown.length;
     ctx.fillStyle = "#3b82f6";
     shown.forEach((c, i) => {
