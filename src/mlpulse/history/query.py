@@ -384,6 +384,6 @@ def summarize(root: Path, since: float | None, until: float | None,
     return Summary(
         n, float(pc.sum(grouped.column("sum_sum")).as_py()) / n,
         math.sqrt(float(pc.sum(grouped.column("sumsq_sum")).as_py()) / n), float(highs.max()),
-        {f"p{round(q * 100)}": rollup.quantile_from_bins(b, counts, highs, q)
+        {f"p{round(q * 100)}": rollup.quantile_in_bins(counts, highs, q)
          for q in QUANTILES},
         False, None, (lows, tops, counts.astype(np.float64)), scan.skipped)

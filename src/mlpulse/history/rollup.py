@@ -72,9 +72,8 @@ def _shaped(grouped: pa.Table, names: list[str]) -> pa.Table:
                           ("bin", "ascending")])
 
 
-def quantile_from_bins(bins_: np.ndarray[Any, Any], counts: np.ndarray[Any, Any],
-                       highs: FloatArray, q: float) -> float:
-    """A quantile from bins sorted by value: the largest error seen in its bin.
+def quantile_in_bins(counts: np.ndarray[Any, Any], highs: FloatArray, q: float) -> float:
+    """A quantile from the counts of bins sorted by value: the largest error seen in its bin.
 
     The true quantile lies in the same bin, so the answer is off by less than that bin's
     width (4.4 % of the value)."""

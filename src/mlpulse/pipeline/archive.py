@@ -31,7 +31,7 @@ from mlpulse import health, telemetry
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.history.drift_rollups import DriftArchive
-from mlpulse.history.writer import MAX_FLUSH_BYTES, HistoryError, HistoryWriter
+from mlpulse.history.writer import MAX_FLUSH_BYTES, HistoryError, HistoryWriter, whole_lines
 from mlpulse.pipeline import logfiles
 from mlpulse.store import Redis
 from mlpulse.waiting import first_of
@@ -159,8 +159,7 @@ class Archive:
         while self.unflushed < stop:
             # A flush that failed part-way is tried again over exactly the same bytes.
             size = self.history.pending_bytes or min(stop - self.unflushed, MAX_FLUSH_BYTES)
-            data = os.pread(f.fileno(), size, self.unflushed)
-            data = data[: data.rfind(b"\n") + 1]
+            data = whole_lines(os.pread(f.fileno(), size, self.unflushed))
             if not data:
                 break
             started = time.perf_counter()
