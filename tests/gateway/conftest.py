@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -98,3 +99,26 @@ async def close_of(ws: Any, seconds: float = 10) -> tuple[int | None, str]:
         if closed.rcvd is None:
             return None, ""
         return closed.rcvd.code, closed.rcvd.reason
+
+
+# What tests/gateway/layout_problems.js finds wrong with how a page fits its window.
+LAYOUT_PROBLEMS = (Path(__file__).parent / "layout_problems.js").read_text()
+WIDTHS = (390, 768, 1366, 1920)
+
+
+def layout_problems(page: Any, width: int, height: int = 900) -> list[str]:
+    """The page's layout problems once it is laid out at `width` CSS pixels."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(\n"
+                  "  () => requestAnimationFrame(done)))")
+    return [f"at {width} px: {p}" for p in page.evaluate(LAYOUT_PROBLEMS)]
+
+
+def fits_every_width(page: Any) -> list[str]:
+    """Layout problems at every width in WIDTHS; the page's own size is restored after."""
+    size = page.viewport_size
+    try:
+        return [p for width in WIDTHS for p in layout_problems(page, width)]
+    finally:
+        page.set_viewport_size(size)
+        page.evaluate("() => new Promise((done) => requestAnimationFrame(done))")

@@ -11,7 +11,13 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.conftest import Env, Role, produce
-from tests.gateway.conftest import Gateway, chromium_browser, token
+from tests.gateway.conftest import (
+    Gateway,
+    chromium_browser,
+    fits_every_width,
+    layout_problems,
+    token,
+)
 
 ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 FIRING = "#alerts [data-alert=BmiDrift][data-state=firing]"
@@ -93,7 +99,7 @@ def test_alerts_panel_shows_a_drift_firing(env: Env, spawn: Callable[..., Role],
         " === 'BmiDrift (bmi, v1): acknowledged'")
     page.wait_for_selector(f"{FIRING} .done >> text=acknowledged by alice")
     assert row.locator("button[data-action=ack]").count() == 0
-    assert page.evaluate("document.documentElement.scrollWidth") <= 1366
+    assert fits_every_width(page) == []
     page.wait_for_selector("#toast", state="hidden")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator("#alerts").screenshot(path=str(ARTIFACTS / "alerts.png"))
@@ -104,6 +110,6 @@ def test_alerts_panel_shows_a_drift_firing(env: Env, spawn: Callable[..., Role],
     assert phone.locator("#alerts button").count() == 0, "buttons shown to a non-admin"
     assert phone.text_content("#alert-count .n") == "1"
     assert phone.text_content(f"{FIRING} .done") == "acknowledged by alice"
-    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    assert layout_problems(phone, 390, 844) == []
     phone.locator("#alerts").screenshot(path=str(ARTIFACTS / "alerts-phone.png"))
     phone.close()

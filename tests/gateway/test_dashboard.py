@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.conftest import Env, Role, wait_until
-from tests.gateway.conftest import Gateway, chromium_browser, token
+from tests.gateway.conftest import WIDTHS, Gateway, chromium_browser, layout_problems, token
 
 ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 
@@ -85,6 +85,26 @@ def test_live_dashboard_follows_the_stream(env: Env, spawn: Callable[..., Role],
     assert page.evaluate("window.mlpulse.gaps") == 0
     page.wait_for_function("() => document.getElementById('plot').src.includes('/plot.png')")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # Full of rows, the page fits a phone, a tablet, a laptop and a wide screen: nothing
+    # scrolls sideways, nothing sticks out of its card, no grid row leaves cells empty.
+    for width in WIDTHS:
+        assert layout_problems(page, width) == []
+        cut = page.eval_on_selector_all(
+            "#recent tr td:first-child", "cells => cells.filter(c => c.scrollWidth > c.clientWidth)"
+            ".map(c => c.textContent)")
+        assert cut == [], f"at {width} px the ids' ends are cut: {cut}"
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+    # The check sees content wider than its card.
+    page.evaluate("""() => {
+      const wide = document.createElement('div');
+      wide.id = 'too-wide';
+      wide.style.width = '900px';  // the page's CSP refuses inline style attributes
+      document.getElementById('versions').closest('.panel').append(wide);
+    }""")
+    assert any("#too-wide" in p and '"By model version"' in p
+               for p in layout_problems(page, 1366)), layout_problems(page, 1366)
+    page.evaluate("document.getElementById('too-wide').remove()")
+    page.set_viewport_size({"width": 1360, "height": 900})
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     # The server goes away: the page says so, and recovers when it is back.

@@ -10,7 +10,13 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.conftest import Env, Role, produce
-from tests.gateway.conftest import Gateway, chromium_browser, token
+from tests.gateway.conftest import (
+    Gateway,
+    chromium_browser,
+    fits_every_width,
+    layout_problems,
+    token,
+)
 
 ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 # bmi drifted and age not: the first report of a window with enough events says both.
@@ -63,7 +69,7 @@ def test_drift_panel_shows_the_feature_that_moved(env: Env, spawn: Callable[...,
     assert "1 h" in (page.text_content("#d-note") or "")
     page.wait_for_function(BMI_DRIFTED)
     page.click("#d-windows button[data-window='300']")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 1360
+    assert fits_every_width(page) == []
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator("#drift").screenshot(path=str(ARTIFACTS / "drift.png"))
@@ -71,6 +77,6 @@ def test_drift_panel_shows_the_feature_that_moved(env: Env, spawn: Callable[...,
 
     phone = open_dashboard(browser, gw, 390, 844)
     phone.wait_for_function(BMI_DRIFTED)
-    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    assert layout_problems(phone, 390, 844) == []
     phone.locator("#drift").screenshot(path=str(ARTIFACTS / "drift-phone.png"))
     phone.close()

@@ -27,7 +27,7 @@ from mlpulse.history.layout import DRIFT, ROLLUPS, partition_name
 from mlpulse.history.writer import HistoryWriter, write_parquet
 from mlpulse.pipeline.sink import format_rows
 from tests.conftest import Env
-from tests.gateway.conftest import Gateway, chromium_browser, token
+from tests.gateway.conftest import Gateway, chromium_browser, fits_every_width, token
 
 ARTIFACTS = Path(os.environ.get("MLPULSE_TEST_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 # Seconds before the test starts. The last hour: v1 and v2 every 30 s from 50 to 10 minutes
@@ -325,6 +325,7 @@ def test_history_panel_follows_the_range_in_the_url(env: Env, start_gateway: Cal
     page.locator("#history").screenshot(path=str(ARTIFACTS / "history-1h.png"))
     page.mouse.move(0, 0)
     page.wait_for_selector("#history .h-tip:not([hidden])", state="detached")
+    assert fits_every_width(page) == []
     page.screenshot(path=str(ARTIFACTS / "history-page.png"), full_page=True)
 
     # The live counters still follow the socket underneath.
@@ -502,6 +503,7 @@ def test_history_panel_draws_one_versions_drift(env: Env, start_gateway: Callabl
     page.locator("#h-drift").screenshot(path=str(ARTIFACTS / "history-drift.png"))
     page.mouse.move(0, 0)
     page.wait_for_selector(f"{tip}:not([hidden])", state="detached")
+    assert fits_every_width(page) == []
     page.locator("#history").screenshot(path=str(ARTIFACTS / "history-1h-drift.png"))
 
     # Another version: one more read, of its drift alone, and the URL names it.
