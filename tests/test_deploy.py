@@ -69,7 +69,7 @@ def test_compose_agrees_with_the_cli_settings_and_image() -> None:
     assert set(services) == {"model", "metric", "plot", "gateway", "worker", "beat",
                              "alerts", "producer"}
     assert doc["services"]["rabbitmq"]["image"] == "rabbitmq:3-management"
-    assert "15672:15672" in doc["services"]["rabbitmq"]["ports"]
+    assert "15672:15672" in [_resolve(p) for p in doc["services"]["rabbitmq"]["ports"]]
     assert "--appendonly" in doc["services"]["redis"]["command"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     image_dirs = dict(re.findall(r"(MLPULSE_\w+_DIR)=(\S+)", dockerfile))
@@ -90,7 +90,7 @@ def test_compose_agrees_with_the_cli_settings_and_image() -> None:
         assert all(dep["condition"] == "service_healthy" for dep in svc["depends_on"].values())
     gateway = services["gateway"]
     port = gateway["environment"]["MLPULSE_HTTP_PORT"]
-    assert gateway["ports"] == [f"{port}:{port}"]
+    assert [_resolve(p) for p in gateway["ports"]] == [f"{port}:{port}"]
     assert f"EXPOSE {port}" in dockerfile
     assert "USER mlpulse" in dockerfile
     assert "HEALTHCHECK" in dockerfile
@@ -101,6 +101,15 @@ def test_env_example_lists_every_setting() -> None:
     named = set(re.findall(r"^# ?([A-Z][A-Z_]+)=", text, re.MULTILINE))
     assert _fields() <= named, f"missing: {sorted(_fields() - named)}"
     assert named - _fields() <= COMPOSE_ONLY, f"unknown: {sorted(named - _fields())}"
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("\n## Settings"):]
+    table = table[:table.index("\n## ", 1)]
+    first_cells = re.findall(r"^\| (`MLPULSE_[^|]+)\|", table, re.MULTILINE)
+    named = {name for cell in first_cells for name in re.findall(r"`(MLPULSE_[A-Z_]+)`", cell)}
+    assert _fields() <= named, f"missing from the README: {sorted(_fields() - named)}"
 
 
 def test_every_compose_command_runs_here_and_its_healthcheck_follows_it(
