@@ -7,9 +7,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
+# The placeholder package's build output goes too: pip builds in the source tree, and a
+# build/ newer than the real sources would ship the empty __init__.py instead of them.
 COPY pyproject.toml ./
 RUN mkdir -p src/mlpulse && touch src/mlpulse/__init__.py README.md \
-    && pip install . && pip uninstall -y mlpulse
+    && pip install . && pip uninstall -y mlpulse && rm -rf build src
 COPY README.md ./
 COPY src ./src
 RUN pip install --no-deps .
