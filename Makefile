@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev run test lint bench clean
+.PHONY: install install-dev run test lint bench clean compose-test
 
 # Running the system needs the runtime only; tests, lint and benchmarks add the dev extras
 # (Playwright, mypy, ruff, DuckDB, ...). Measured on a fresh venv: 738 MB, and 1,086 MB
@@ -37,6 +37,12 @@ bench: install-dev
 	$(PY) bench/pipeline.py --out docs/benchmarks-latest.md
 	$(PY) bench/fanout.py --out docs/benchmarks-latest-fanout.md
 	$(PY) bench/batch_score.py --out docs/benchmarks-latest-batch.md
+
+# The real Dockerfile and docker-compose.yml, built and run under podman with checks
+# (deploy/podman/README.md). Needs root; installs podman and builds stand-in base images
+# the first time.
+compose-test:
+	bash deploy/podman/compose-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
