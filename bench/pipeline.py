@@ -1,10 +1,10 @@
-"""End-to-end pipeline benchmark: the seed-style baseline and mlpulse, side by side.
+"""End-to-end pipeline benchmark: the seed-style baseline, a lean reference and mlpulse.
 
 Run from the repository root with the project virtualenv::
 
     python bench/pipeline.py                  # full fixed workloads
     python bench/pipeline.py --quick          # counts / 10, steady phase 5 s
-    python bench/pipeline.py --only baseline  # one system only
+    python bench/pipeline.py --only baseline  # one system only (baseline, lean, mlpulse)
     python bench/pipeline.py --drift on       # mlpulse phases with drift counting only
     python bench/pipeline.py --rounds 3       # drift off/on pairs three times, median ratio
     python bench/pipeline.py --drift on --history both  # history off/on pairs instead
@@ -31,6 +31,15 @@ from the producer's start until then, which a flush after the last CSV row canno
 After every mlpulse phase the report gives what Redis DB 14 holds: ``used_memory`` minus
 its value right after the flush at the phase's start, and the keys left,
 ``mlpulse:drift:*`` among them.
+
+The lean reference (``bench/lean_reference.py``, issue 14: a producer, a model and a
+joiner process doing mlpulse's essential work and no more) runs the frames-of-500 workload
+right before mlpulse's in every round, on queues of its own (``lean.*``) in the same vhost
+and DB, measured the same way. The report divides each mlpulse frames-of-500 phase's
+throughput by the lean phase's of the same round (the bar: at least 0.5x). Only such
+same-run ratios mean anything on a shared machine. The lean reference has no phase of
+single messages or at a steady rate: one fsync per frame caps it at one frame per fsync,
+so with single-event frames it measures the disk, not a pipeline.
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from mlpulse.history.layout import files as history_files  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lean_reference  # noqa: E402
+
 BASELINE_DIR = REPO_ROOT / "bench" / "baseline"
 VHOST = "mlpulse-bench"
 AMQP_URL = f"amqp://guest:guest@localhost:5672/{VHOST}"
@@ -90,6 +102,9 @@ QUICK_STEADY_SECONDS = 5
 DEFAULT_PHASE_TIMEOUT_S = 900.0
 # The issue's bar: throughput with drift on is at least this share of it with drift off.
 DRIFT_MIN_RATIO = 0.9
+# Issue 14's bar: mlpulse's frames-of-500 throughput is at least this share of the lean
+# reference's in the same run.
+LEAN_MIN_RATIO = 0.5
 # History-on phases flush this often (the shipped MLPULSE_HISTORY_FLUSH_SECONDS is 30 s):
 # the frames-of-500 phase's timed part lasts 3-5 s and should hold several flushes.
 DEFAULT_HISTORY_FLUSH_S = 1.0
@@ -121,7 +136,7 @@ class Phase:
 
     key: str
     label: str
-    system: str  # "baseline" or "mlpulse"
+    system: str  # "baseline", "lean" (bench/lean_reference.py) or "mlpulse"
     count: int
     batch: int = 1
     rate: float = 0.0
@@ -315,7 +330,7 @@ def reset_broker_state() -> int:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
-        for queue in QUEUES:
+        for queue in (*QUEUES, *lean_reference.QUEUES):
             channel.queue_delete(queue=queue)
     finally:
         connection.close()
@@ -523,6 +538,18 @@ def plan_phase(phase: Phase, workdir: Path) -> PhasePlan:
             env=env,
             csv_path=csv_path,
             sent_column="id",
+        )
+    if phase.system == "lean":
+        csv_path = workdir / "logs" / "metric_log.csv"
+        consumers, producer = lean_reference.role_commands(
+            python, csv_path, phase.count, phase.batch, phase.rate, AMQP_URL, REDIS_URL
+        )
+        return PhasePlan(
+            consumers=consumers,
+            producer=producer,
+            env=env,
+            csv_path=csv_path,
+            sent_column="sent_at",
         )
     dirs = {name: workdir / name for name in ("logs", "data", "models")}
     for path in dirs.values():
@@ -794,6 +821,52 @@ def _baseline_lines(results: list[PhaseResult]) -> list[str]:
     return lines
 
 
+def _lean_lines(results: list[PhaseResult]) -> list[str]:
+    """Each mlpulse phase's throughput ÷ that of the lean reference phase of the same
+    workload and round."""
+    lean = {(r.phase.workload, r.phase.round): r for r in results if r.phase.system == "lean"}
+    pairs = []
+    for res in _mlpulse(results):
+        ref = lean.get((res.phase.workload, res.phase.round))
+        if ref is not None:
+            pairs.append((ref, res))
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "mlpulse ÷ lean reference, per workload, against the lean phase of the same round "
+        f"(the bar: at least {LEAN_MIN_RATIO:.2f}x):",
+        "",
+        "| mlpulse phase | events/s lean | events/s mlpulse | mlpulse ÷ lean "
+        "| p50 ms lean / mlpulse | p99 ms lean / mlpulse "
+        "| model + metric CPU s lean / mlpulse | bar met |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    ratios: dict[str, list[float]] = {}
+    for ref, res in pairs:
+        met = "n/a"
+        if res.events_per_s is not None and ref.events_per_s:
+            ratio = res.events_per_s / ref.events_per_s
+            label = re.sub(r", round \d+$", "", res.phase.label)
+            ratios.setdefault(label, []).append(ratio)
+            met = "yes" if ratio >= LEAN_MIN_RATIO else "no"
+        cpu = " / ".join(_fmt(sum(r.cpu_s.values()) if r.cpu_s else None, 2) for r in (ref, res))
+        lines.append(
+            f"| {res.phase.label} | {_fmt(ref.events_per_s)} | {_fmt(res.events_per_s)} "
+            f"| {_ratio(res.events_per_s, ref.events_per_s)} "
+            f"| {_fmt(ref.p50_ms, 2)} / {_fmt(res.p50_ms, 2)} "
+            f"| {_fmt(ref.p99_ms, 2)} / {_fmt(res.p99_ms, 2)} | {cpu} | {met} |"
+        )
+    if any(len(found) > 1 for found in ratios.values()):
+        lines += ["", "Median of the rounds' mlpulse ÷ lean ratios:", ""]
+        lines += [
+            f"- {label}: {statistics.median(found):.2f}x over {len(found)} rounds "
+            f"(min {min(found):.2f}x, max {max(found):.2f}x)"
+            for label, found in ratios.items()
+        ]
+    return lines
+
+
 def _mlpulse(results: list[PhaseResult]) -> list[PhaseResult]:
     return [r for r in results if r.phase.system == "mlpulse"]
 
@@ -923,8 +996,9 @@ def _redis_lines(results: list[PhaseResult]) -> list[str]:
 
 
 def render_report(results: list[PhaseResult], command: str) -> str:
-    """Markdown report: header, per-phase table, ratios to the baseline and between each
-    switch's on and off (drift, history), Redis memory, the history's rows, and notes."""
+    """Markdown report: header, per-phase table, ratios to the baseline and to the lean
+    reference, between each switch's on and off (drift, history), Redis memory, the
+    history's rows, and notes."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Pipeline benchmark",
@@ -952,6 +1026,7 @@ def render_report(results: list[PhaseResult], command: str) -> str:
         )
 
     lines += _baseline_lines(results)
+    lines += _lean_lines(results)
     for switch in SWITCHES:
         lines += _switch_lines(results, switch)
     lines += _redis_lines(results)
@@ -959,7 +1034,8 @@ def render_report(results: list[PhaseResult], command: str) -> str:
     lines += [
         "",
         "events/s = rows / (last `logged_at` - first send); first send is min(`sent_at`) for "
-        "mlpulse and min(`id`) for the baseline (its id is the send timestamp). Latency is "
+        "mlpulse and the lean reference, and min(`id`) for the baseline (its id is the send "
+        "timestamp). Latency is "
         "`logged_at` - send time per CSV row. Peak RSS includes child processes, sampled "
         f"every {POLL_S} s. `producer s` is the producer process wall time. Drift off is "
         "`MLPULSE_DRIFT_ENABLED=false` for every role. used_memory growth is Redis's "
@@ -983,6 +1059,14 @@ def render_report(results: list[PhaseResult], command: str) -> str:
         lines[-1] += (
             " CPU s is user + system time of a role's process tree from the producer's start "
             "until every row is in the CSV and, with the history on, in the history."
+        )
+    if any(r.phase.system == "lean" for r in results):
+        lines[-1] += (
+            " The lean reference (`bench/lean_reference.py`) has its own queues (`lean.*`) "
+            "and does the essential work only: persistent confirmed frames, one vectorised "
+            "predict per frame, an in-process join, and per frame with pairs one CSV write "
+            "with these columns, one fsync and one pipelined Redis write of the running "
+            "aggregates; no validation, dead-lettering, dedup, drift or history."
         )
     if any(r.phase.rate for r in results):
         lines[-1] += " Paced phases are capped at the offered rate; they are there for latency."
@@ -1048,6 +1132,19 @@ def build_phases(args: argparse.Namespace) -> list[Phase]:
     for round_no in range(1, args.rounds + 1):
         suffix = f", round {round_no}" if args.rounds > 1 else ""
         for key, workload, count, batch in workloads:
+            if key == "batch":
+                # The lean reference right before mlpulse, under the same machine load.
+                phases.append(
+                    Phase(
+                        f"lean-{key}{f'-r{round_no}' if suffix else ''}",
+                        f"lean reference, {workload}{suffix}",
+                        "lean",
+                        count,
+                        batch=batch,
+                        workload=workload,
+                        round=round_no,
+                    )
+                )
             # Off and on back to back, per workload, so the two see the same machine load;
             # every other round the other way round, so neither always goes first.
             ordered = variants if round_no % 2 else variants[::-1]
@@ -1105,9 +1202,15 @@ def positive_float(text: str) -> float:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        description="Benchmark the seed-style baseline against mlpulse end to end."
+        description="Benchmark the seed-style baseline, a lean reference and mlpulse end to end."
     )
-    parser.add_argument("--only", choices=("all", "baseline", "mlpulse"), default="all")
+    parser.add_argument(
+        "--only",
+        choices=("all", "baseline", "lean", "mlpulse"),
+        default="all",
+        help="run one system only: the seed-style baseline, the lean reference "
+        "(bench/lean_reference.py) or mlpulse (default: all three)",
+    )
     parser.add_argument(
         "--drift",
         choices=("both", "on", "off"),
