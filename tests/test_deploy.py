@@ -28,7 +28,8 @@ from tests.conftest import Env, Role, free_port
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 # Variables only compose reads, for its own ${...} values.
-COMPOSE_ONLY = {"MLPULSE_DEMO_RATE", "RABBITMQ_USER", "RABBITMQ_PASSWORD"}
+COMPOSE_ONLY = {"MLPULSE_DEMO_RATE", "RABBITMQ_USER", "RABBITMQ_PASSWORD",
+                "MLPULSE_HOST_HTTP_PORT", "RABBITMQ_HOST_PORT", "RABBITMQ_HOST_MANAGEMENT_PORT"}
 READY = {"worker": r"ready\.", "beat": r"ready:", "produce": r"producing endless events"}
 _DEFAULT = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
 
