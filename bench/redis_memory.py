@@ -13,7 +13,8 @@ the local broker; its queues are deleted first), and streams events with
 ``INFO memory`` ``used_memory`` divided by the number of events:
 
 - joined: events with both halves, once every row is in the log and the outbox is trimmed
-  (what stays is the done-marker that catches late duplicates);
+  (what stays is the done marker that catches late duplicates: an id in a small hash of
+  its generation, see src/mlpulse/join.lua);
 - waiting: events whose label has not arrived (``produce --no-labels``), each a pending
   y_pred half with its deadline.
 
@@ -180,12 +181,15 @@ def measure(events: int) -> list[str]:
             bench.settled(WARM_UP + events)
             joined = bench.used_memory()
             keys_joined = int(bench.client.dbsize())
-            sample = next(bench.client.scan_iter(match="mlpulse:done:*", count=1000))
-            marker = int(bench.client.memory_usage(sample) or 0)
+            hashes = [k for k in bench.client.scan_iter(match="mlpulse:done:*", count=1000)
+                      if k != b"mlpulse:done:meta"]
+            marker_ids = sum(int(bench.client.hlen(k)) for k in hashes)
+            marker_bytes = sum(int(bench.client.memory_usage(k) or 0) for k in hashes)
             bench.produce(events, "--no-labels")
             wait_for(lambda: int(bench.client.hlen("mlpulse:pending:p")) >= events, 600,
                      f"{events} pending halves")
             waiting = bench.used_memory()
+            steady = steady_markers(bench.port, events)
         finally:
             bench.close()
     return [
@@ -195,9 +199,63 @@ def measure(events: int) -> list[str]:
         f"{waiting:,} B after the waiting ones",
         f"- keys: {keys_before:,} before, {keys_joined:,} after the joined events",
         f"- **joined: {(joined - before) / events:.0f} bytes per event** "
-        f"(MEMORY USAGE of one done-marker: {marker} B)",
+        f"(done markers: {marker_ids:,} ids in {len(hashes):,} hashes, MEMORY USAGE "
+        f"{marker_bytes / max(marker_ids, 1):.0f} B an id)",
         f"- **waiting for its label: {(waiting - joined) / events:.0f} bytes per event**",
+        *steady,
     ]
+
+
+def steady_markers(port: int, events: int) -> list[str]:
+    """What a generation of done markers sized from the one before it holds per id, through
+    the join script alone (the roles' streams all fall into the first generation, which
+    starts knowing nothing of the rate). Ids and values look like the producer's."""
+    import asyncio
+    import random
+
+    import orjson
+    import redis.asyncio
+
+    from mlpulse import keys
+    from mlpulse.config import Settings
+    from mlpulse.store import JoinStore
+
+    url = f"redis://127.0.0.1:{port}/1"
+    sync = redis.Redis(port=port, db=1)
+    rng = random.Random(7)
+
+    async def run() -> tuple[int, int, int, set[bytes]]:
+        client = redis.asyncio.Redis.from_url(url)
+        store = JoinStore(client, Settings(redis_url=url))  # type: ignore[arg-type]
+        gen_len = int(store.settings.done_ttl)  # one generation per done TTL (join.lua)
+        first = (int(time.time()) // gen_len + 1) * gen_len
+
+        async def stream(start: int, now: float) -> None:
+            for low in range(start, start + events, 1000):
+                halves = []
+                for i in range(low, min(low + 1000, start + events)):
+                    uid = f"1a20d6ed3fb-d7cf21-{i}"
+                    halves.append(["t", uid, f"{rng.randint(25, 346)}.0", "", ""])
+                    halves.append(["p", uid, repr(rng.uniform(25, 346)), "v1", ""])
+                await store.join(orjson.dumps(halves), now)
+                await client.xtrim(keys.JOINED, maxlen=0)
+
+        await stream(0, first)  # the first generation learns the rate
+        before = int(sync.info("memory")["used_memory"])
+        await stream(events, first + gen_len)  # the next is sized from it
+        after = int(sync.info("memory")["used_memory"])
+        gen = (first + gen_len) // gen_len
+        hashes = [k async for k in client.scan_iter(f"{keys.DONE}{gen}:*", count=1000)]
+        encodings = {await client.object("encoding", k) for k in hashes[:200]}
+        await client.aclose()
+        return after - before, len(hashes), events, encodings
+
+    grown, hashes, ids, encodings = asyncio.run(run())
+    sync.close()
+    return [f"- **done markers at steady state: {grown / ids:.0f} bytes per id** (a "
+            f"generation sized from the one before, {ids:,} ids in {hashes:,} hashes, "
+            f"{ids / max(hashes, 1):.0f} ids a hash, encoding "
+            f"{', '.join(sorted(e.decode() for e in encodings))}; the join script alone)"]
 
 
 def main() -> None:

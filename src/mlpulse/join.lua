@@ -2,9 +2,22 @@
 -- side "t" (y_true) or "p" (y_pred); value as exact decimal text; meta as text.
 -- A stored half is "value\nversion\nmeta" and a done marker "t\np": value, meta, t and p
 -- are numbers written by Python (meta may be empty), so the first and the last line break
--- are the separators, and the version between them may hold anything, line breaks too. Nothing is written when the outbox is over its bound (the
--- CSV sink is not keeping up, e.g. a full disk), in entries or in bytes: the caller holds
--- its messages unacked.
+-- are the separators, and the version between them may hold anything, line breaks too.
+-- Nothing is written when the outbox is over its bound (the CSV sink is not keeping up,
+-- e.g. a full disk), in entries or in bytes: the caller holds its messages unacked.
+--
+-- Done markers live in generations as long as the done TTL, each spread over small
+-- hashes (done:<generation>:<shards>:<shard>, id -> "t\np"), about 64 ids to a hash, so
+-- that Redis keeps each one as a compact listpack: some 60 bytes an id rather than some
+-- 200 for a key of its own with an expiry. A lookup reads the current and the previous
+-- generation (two reads, as many as the per-id keys took: one for each half), so an id
+-- is remembered for at least the done TTL and at most twice that, and each hash expires
+-- whole once no lookup can reach it. A generation's shard count is chosen when it
+-- begins, from the previous generation's size and the last minute's joins; when it fills
+-- past 96 ids a hash anyway (a burst, or the very first generation), a new epoch of eight
+-- times the shards takes the writes, and lookups read every epoch.
+-- done:meta holds, per generation g, "s:g" (the epochs' shard counts, "64 512"), "n:g"
+-- (ids written) and "e:g" (ids written in the last epoch).
 -- A half either waits in pending:<side> (with a deadline for the sweeper), completes a
 -- pair, or is recognised as a duplicate or a conflict of one already seen. Completed
 -- pairs are appended to the stream `joined` (the CSV sink's outbox) and counted in the
@@ -97,17 +110,96 @@ local function unpack_meta(meta)
       tonumber(string.sub(meta, b + 1))
 end
 
+-- Done markers: the generations a lookup reads, and the one new markers go to.
+local GENERATIONS = 1
+local gen_len = math.max(1, math.ceil(done_ttl / GENERATIONS))
+local gen = math.floor(now / gen_len)
+local META = DONE .. "meta"
+local FILL, TOO_FULL, GROWTH, MIN_SHARDS = 64, 96, 8, 64
+local function parse_epochs(text)
+  local list = {}
+  for n in string.gmatch(text or "", "%d+") do list[#list + 1] = tonumber(n) end
+  return list
+end
+-- The shard counts of each generation a lookup reads, the previous one's size, and how
+-- far the current one and its last epoch have filled.
+local fields = {}
+for g = gen - GENERATIONS, gen do fields[#fields + 1] = "s:" .. g end
+fields[#fields + 1] = "n:" .. (gen - 1)
+fields[#fields + 1] = "n:" .. gen
+fields[#fields + 1] = "e:" .. gen
+local meta_now = redis.call("HMGET", META, unpack(fields))
+local epochs = {}
+for k = 0, GENERATIONS do epochs[gen - GENERATIONS + k] = parse_epochs(meta_now[k + 1]) end
+local previous_size = tonumber(meta_now[GENERATIONS + 2] or "0")
+local written = tonumber(meta_now[GENERATIONS + 3] or "0")
+local in_epoch = tonumber(meta_now[GENERATIONS + 4] or "0")
+local new_markers, touched = 0, {}
+local function shard_hash(id) return tonumber(string.sub(redis.sha1hex(id), 1, 7), 16) end
+
+-- Every (generation, epoch) a lookup reads, newest first, as its key prefix and shard
+-- count: the prefixes are built once a call, not once an id.
+local readable = {}
+local function list_readable()
+  readable = {}
+  for g = gen, gen - GENERATIONS, -1 do
+    for k = #epochs[g], 1, -1 do
+      readable[#readable + 1] = {DONE .. g .. ":" .. epochs[g][k] .. ":", epochs[g][k]}
+    end
+  end
+end
+list_readable()
+
+local function find_done(id)
+  if #readable == 0 then return nil end
+  local h = shard_hash(id)
+  for _, r in ipairs(readable) do
+    local v = redis.call("HGET", r[1] .. (h % r[2]), id)
+    if v then return v end
+  end
+  return nil
+end
+
+local function mark_done(id, value)
+  local mine = epochs[gen]
+  if #mine == 0 then
+    -- A new generation: shards for as many ids as the last one held, or as the last
+    -- minute's joins would make over a whole generation, whichever is more.
+    local last_minute = tonumber(redis.call("HGET", RATES .. (math.floor(now / 60) * 60 - 60),
+                                            "joined") or "0")
+    local expected = math.max(previous_size, last_minute * gen_len / 60)
+    mine[1] = math.max(MIN_SHARDS, math.ceil(expected / FILL))
+    in_epoch = 0
+    local old = gen - GENERATIONS - 1
+    redis.call("HDEL", META, "s:" .. old, "n:" .. old, "e:" .. old,
+               "s:" .. (old - 1), "n:" .. (old - 1), "e:" .. (old - 1))
+    list_readable()
+  elseif in_epoch >= mine[#mine] * TOO_FULL then
+    mine[#mine + 1] = mine[#mine] * GROWTH
+    in_epoch = 0
+    list_readable()
+  end
+  local key = readable[1][1] .. (shard_hash(id) % readable[1][2])
+  redis.call("HSET", key, id, value)
+  touched[key] = true
+  new_markers = new_markers + 1
+  in_epoch = in_epoch + 1
+end
+
 for i = 1, #halves do
   local h = halves[i]
   local side, id, value, version, meta, scored, est = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
   local other = (side == "t") and "p" or "t"
-  local done = redis.call("GET", DONE .. id)
+  -- A waiting partner means the id was never joined: a half is only stored after a
+  -- lookup of the done markers found nothing, and joining removes it. So the markers are
+  -- read once per event, for its first half, not for its second.
+  local partner = redis.call("HGET", PENDING[other], id)
+  local done = (not partner) and find_done(id)
   if done then
     local nl = string.find(done, "\n", 1, true)
     local seen = (side == "t") and string.sub(done, 1, nl - 1) or string.sub(done, nl + 1)
     if seen == value then dup = dup + 1 else conflict = conflict + 1 end
   else
-    local partner = redis.call("HGET", PENDING[other], id)
     if partner then
       local pv, pver, pmeta = split(partner)
       redis.call("HDEL", PENDING[other], id)
@@ -119,7 +211,7 @@ for i = 1, #halves do
       else
         t, p, tmeta, pmeta2, ver, pscored, pest = pv, value, pmeta, meta, version, scored, est
       end
-      redis.call("SET", DONE .. id, t .. "\n" .. p, "EX", done_ttl)
+      mark_done(id, t .. "\n" .. p)
       local err = math.abs(tonumber(t) - tonumber(p))
       n = n + 1
       sum_abs = sum_abs + err
@@ -188,6 +280,17 @@ if n > 0 then
   redis.call("HINCRBY", rates, "joined", n)
   for bin, c in pairs(delays) do redis.call("HINCRBY", rates, "ld" .. bin, c) end
   redis.call("EXPIRE", rates, rates_ttl)
+end
+if new_markers > 0 then
+  -- Every marker of this generation stays readable until no lookup reads it any more.
+  -- (Relative to `now`, as the lookups are: a clock apart from Redis's moves nothing.)
+  local left = math.ceil((gen + GENERATIONS + 1) * gen_len - now)
+  for key in pairs(touched) do redis.call("EXPIRE", key, left) end
+  local list = {}
+  for k, shards in ipairs(epochs[gen]) do list[k] = tostring(shards) end
+  redis.call("HSET", META, "s:" .. gen, table.concat(list, " "), "n:" .. gen,
+             written + new_markers, "e:" .. gen, in_epoch)
+  redis.call("EXPIRE", META, left)
 end
 if dup > 0 then redis.call("HINCRBY", agg, "duplicates", dup) end
 if conflict > 0 then redis.call("HINCRBY", agg, "conflicts", conflict) end

@@ -11,7 +11,8 @@ import socket
 PREFIX = "mlpulse:"
 
 # Join state (pipeline/joiner, join.lua, sweep.lua): halves waiting by side ("t", "p"),
-# their deadlines, and a marker per joined id.
+# their deadlines, and a marker per joined id, kept in small hashes per generation of
+# half the done TTL (done:<generation>:<shards>:<shard>, and done:meta; see join.lua).
 DONE = PREFIX + "done:"
 
 
