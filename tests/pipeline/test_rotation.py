@@ -8,6 +8,7 @@ import gzip
 import io
 import math
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -69,6 +70,38 @@ def test_a_kill_at_any_step_of_a_rotation_loses_and_repeats_nothing(
         assert pos == ("1700000000002-0", 9), f"crash at step {k} of {total}"
         assert Counter(r[0] for r in union(live.parent)) == Counter(r[0] for r in rows)
         assert_tidy(live.parent)
+
+
+def test_a_rotation_while_the_upkeep_compresses_keeps_the_rotated_file(
+        tmp_path: Path) -> None:
+    """The sink opens the new live file while the upkeep thread is still compressing the
+    file rotated before: the part file being written is not a dead one to settle."""
+    live = tmp_path / "metric_log.csv"
+    rows = write_log(live, entries=3, per_entry=10)
+    target = logfiles.rotate(live, None, HEADER_LINE, time.time())
+    started, proceed = threading.Event(), threading.Event()
+
+    class Paused:
+        """A halt flag that holds the compression after its part file is open."""
+
+        def is_set(self) -> bool:
+            started.set()
+            proceed.wait(10)
+            return False
+
+    compressing = threading.Thread(
+        target=logfiles.compress, args=(target, Paused()), daemon=True)
+    compressing.start()
+    assert started.wait(10)
+    assert (tmp_path / f".{target.name}.gz.part").exists()
+    f, _ = recover(live, starting=False)  # what the sink does after a rotation
+    f.close()
+    proceed.set()
+    compressing.join(10)
+    assert not compressing.is_alive()
+    assert [p.name for p, _ in logfiles.rotated_files(live)] == [target.name + ".gz"]
+    assert Counter(r[0] for r in union(tmp_path)) == Counter(r[0] for r in rows)
+    assert_tidy(tmp_path)
 
 
 def test_a_kill_at_any_step_of_a_compression_keeps_one_whole_copy(

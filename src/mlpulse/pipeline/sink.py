@@ -53,12 +53,17 @@ class ForeignLog(MlpulseError):
     """The log's last line is not a row this sink wrote."""
 
 
-def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
+def recover(path: Path, starting: bool = True) -> tuple[IO[bytes], tuple[str, int] | None]:
     """Open the log for appending after cutting a torn last line; return the last position.
 
-    A live file with no rows yet follows on from the last rotated one (see `logfiles`)."""
+    A live file with no rows yet follows on from the last rotated one (see `logfiles`).
+    At a start, the compressions a killed process left are settled first. Not when the
+    sink opens the live file a rotation started: the upkeep may be compressing a rotated
+    file then, and its part file would be taken for a dead one (dropped, or put in place
+    under the compression), and the rotated file lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    logfiles.finish_compressions(path)
+    if starting:
+        logfiles.finish_compressions(path)
     f = path.open("a+b", buffering=0)
     size = f.seek(0, os.SEEK_END)
     if size == 0:
@@ -79,7 +84,7 @@ def recover(path: Path) -> tuple[IO[bytes], tuple[str, int] | None]:
         os.fsync(f.fileno())
         if keep == 0:
             f.close()
-            return recover(path)
+            return recover(path, starting=False)
     last = tail[: end].rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
     row = next(csv.reader([last]), [])
     if row == list(HEADER):
@@ -176,12 +181,13 @@ class CsvSink:
         finally:
             lock.close()
 
-    async def _open(self, finish: asyncio.Event) -> tuple[IO[bytes], tuple[str, int] | None] | None:
+    async def _open(self, finish: asyncio.Event, starting: bool = True
+                    ) -> tuple[IO[bytes], tuple[str, int] | None] | None:
         """Recover the log, waiting while the disk refuses even its header."""
         backoff = Backoff(0.5)
         while True:
             try:
-                opened = await asyncio.to_thread(recover, self.path)
+                opened = await asyncio.to_thread(recover, self.path, starting)
             except ForeignLog:
                 raise
             except OSError as exc:
@@ -267,7 +273,7 @@ class CsvSink:
         if not self.archive.rotation_due(time.time()) or not await self.archive.rotate():
             return True
         self._f.close()
-        opened = await self._open(finish)
+        opened = await self._open(finish, starting=False)
         if opened is None:
             return False
         self._f = opened[0]
