@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import psutil
 import pytest
 import redis
 
@@ -279,8 +280,17 @@ def spawn(env: Env) -> Iterator[Callable[..., Role]]:
 
     yield start
     for role in started:
+        # `mlpulse up` starts its children in sessions of their own (so that Ctrl-C reaches
+        # the supervisor alone): they go by name, not with the role's process group.
+        try:
+            children = psutil.Process(role.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(role.proc.pid, signal.SIGKILL)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         role.proc.wait(10)
         role.close()
 
