@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -214,3 +215,18 @@ def test_json_log_lines_carry_the_role_and_a_message_id_where_there_is_one() -> 
     assert first["msg"] == "dead-lettered a message from y_true"
     assert first["msg_id"] == "4f2a"
     assert "msg_id" not in second
+
+
+def test_a_worker_thread_still_busy_after_the_stop_does_not_hold_the_exit(
+        env: Env, spawn: Callable[..., Role]) -> None:
+    """A role whose loop still has a blocked worker thread (as a DNS lookup of a compose
+    service that stopped first leaves it) ends with 0 soon after it says it stopped, not
+    with 1 from the stop bound."""
+    repo = str(Path(__file__).parents[1])
+    role = spawn(module="tests.stuck_role", ready=r"ready: a worker thread",
+                 extra={"PYTHONPATH": repo, "MLPULSE_STOP_TIMEOUT": "20"})
+    code = role.stop(timeout=30)
+    output = role.output()
+    assert code == 0, output
+    assert "stuck stopped" in output
+    assert "did not stop" not in output

@@ -74,6 +74,11 @@ def run_role(role: str, body: RoleBody, settings: Settings) -> None:
     # uvloop (installed with uvicorn[standard]) makes every socket and timer cheaper.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_main(role, body, settings))
+        # The role has stopped. Closing the loop, and then the interpreter, wait for the
+        # loop's worker threads, and one stuck resolving a host that has gone (a compose
+        # service stopped first) would hold the exit for seconds, until the stop bound
+        # ended it as a failure. Past a short grace the process ends as it is, with 0.
+        _end_after(CLOSE_GRACE)
 
 
 async def _main(role: str, body: RoleBody, settings: Settings) -> None:
@@ -127,6 +132,23 @@ async def _main(role: str, body: RoleBody, settings: Settings) -> None:
             raise
         raise sole from None
     log.info("%s stopped", role)
+
+
+# Seconds a stopped role's process has to close its event loop and threads.
+CLOSE_GRACE = 2.0
+
+
+def _end_after(seconds: float) -> None:
+    """End the process with 0 after `seconds` if it has not ended by then."""
+
+    def end() -> None:
+        log.debug("worker threads still busy %gs after the stop; exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
 
 
 def _exit_after(seconds: float, role: str) -> None:
