@@ -120,8 +120,9 @@ class Progress:
         self.shown = self.start
         self.tty = sys.stderr.isatty()
 
-    def update(self, done: int, final: bool = False) -> None:
-        """Show progress if a second has passed, or at the end."""
+    def update(self, done: int, final: bool = False, unconfirmed: int = 0) -> None:
+        """Show progress if a second has passed, or at the end: then `done` is what the
+        broker confirmed, and `unconfirmed` what it had not when the run ended."""
         now = time.monotonic()
         if not final and now - self.shown < 1.0:
             return
@@ -129,6 +130,9 @@ class Progress:
         rate = done / max(now - self.start, 1e-9)
         total = f"/{self.total}" if self.total else ""
         line = f"sent {done}{total} events ({rate:,.0f} events/s)"
+        if unconfirmed:
+            line += (f"; {unconfirmed} more after them were handed to the broker but not "
+                     "confirmed, and may or may not have arrived")
         if self.tty:
             sys.stderr.write(f"\r{line}" + ("\n" if final else ""))
             sys.stderr.flush()
@@ -148,6 +152,15 @@ class Sender:
         self.group = group
         self.chunk: list[tuple[str, bytes]] = []
         self.slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        # Events in the chunk being filled, handed over in flushed chunks, and confirmed
+        # together with every event before them (chunks may confirm out of order).
+        self.events = 0
+        self.handed = 0
+        self.confirmed = 0
+        self._started = 0
+        self._ends: dict[int, int] = {}
+        self._confirmed_chunks: set[int] = set()
+        self._next = 0
 
     def add(self, queue: str, doc: Any) -> None:
         """Queue one message for the next flush."""
@@ -159,9 +172,20 @@ class Sender:
             return
         chunk, self.chunk = self.chunk, []
         await self.slots.acquire()
-        self.group.create_task(self._publish(chunk))
+        seq, self._started = self._started, self._started + 1
+        self.handed += self.events
+        self.events = 0
+        self._ends[seq] = self.handed
+        self.group.create_task(self._publish(seq, chunk))
 
-    async def _publish(self, chunk: list[tuple[str, bytes]]) -> None:
+    def _confirm(self, seq: int) -> None:
+        self._confirmed_chunks.add(seq)
+        while self._next in self._confirmed_chunks:
+            self._confirmed_chunks.discard(self._next)
+            self.confirmed = self._ends.pop(self._next)
+            self._next += 1
+
+    async def _publish(self, seq: int, chunk: list[tuple[str, bytes]]) -> None:
         backoff = Backoff(0.2, 2.0)
         try:
             for attempt in range(1, PUBLISH_ATTEMPTS + 1):
@@ -170,6 +194,7 @@ class Sender:
                     await asyncio.gather(*(raw.basic_publish(body, routing_key=queue,
                                                              properties=PERSISTENT_JSON)
                                            for queue, body in chunk))
+                    self._confirm(seq)
                     return
                 except TRANSIENT_ERRORS as exc:
                     if attempt == PUBLISH_ATTEMPTS:
@@ -197,10 +222,18 @@ async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
         progress = Progress(plan.count)
         log.info("producing %s events%s as run %s", plan.count or "endless",
                  f" at {plan.rate:g}/s" if plan.rate else "", run)
-        async with asyncio.TaskGroup() as group:
-            sent = await _send(Sender(channel, group), data, plan, run, stop, progress)
-        progress.update(sent, final=True)
-        return sent
+        sender: Sender | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                sender = Sender(channel, group)
+                await _send(sender, data, plan, run, stop, progress)
+        finally:
+            # Also when the run is cut short (a stop while the broker is gone): the total
+            # says how far every event was confirmed, and what may have arrived after.
+            if sender is not None:
+                progress.update(sender.confirmed, final=True,
+                                unconfirmed=sender.handed - sender.confirmed)
+        return sender.confirmed
 
 
 async def _send(sender: Sender, data: Dataset, plan: Plan, run: str, stop: asyncio.Event,
@@ -225,6 +258,7 @@ async def _send(sender: Sender, data: Dataset, plan: Plan, run: str, stop: async
             elif events:
                 sender.add(queue, events)
         sent += len(feats)
+        sender.events += len(feats)
         if len(sender.chunk) >= CHUNK_MESSAGES:
             await sender.flush()
         progress.update(sent)
