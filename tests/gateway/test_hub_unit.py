@@ -1,4 +1,4 @@
-"""The hub's routing and bounds in-process, with stand-ins for sockets (pure logic).
+"""The hub's streams, positions, recovery and writes in-process, with stand-ins for sockets.
 
 tests/gateway/test_hub.py covers the same edges end to end, through a real gateway.
 """
@@ -7,69 +7,45 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from mlpulse.gateway import hub as hub_module
 from mlpulse.gateway.auth import User
-from mlpulse.gateway.hub import Client, Hub
+from mlpulse.gateway.hub import IDLE_STREAM_SECONDS, Hub, Position
 
-WAIT = 2.0
+
+def frames_of(data: bytes) -> list[dict[str, Any]]:
+    """The JSON documents in a run of unmasked server text frames."""
+    docs, i = [], 0
+    while i < len(data):
+        assert data[i] == 0x81, "a final text frame"
+        length, i = data[i + 1] & 0x7F, i + 2
+        if length == 126:
+            length, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif length == 127:
+            length, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        docs.append(json.loads(data[i:i + length]))
+        i += length
+    return docs
 
 
 class FakeSocket:
-    """Stands in for a Starlette WebSocket: keeps the text frames sent to it."""
+    """Stands in for a connection: keeps every write."""
 
-    def __init__(self) -> None:
-        self.frames: asyncio.Queue[str] = asyncio.Queue()
+    def __init__(self, name: str) -> None:
+        self.user = User(name)
+        self.writes: list[bytes] = []
+        self.open = True
 
-    async def send_text(self, text: str) -> None:
-        self.frames.put_nowait(text)
+    def write(self, data: bytes, messages: int) -> bool:
+        assert len(frames_of(data)) == messages
+        self.writes.append(data)
+        return self.open
 
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        self.frames.put_nowait(f"closed {code}")
-
-    async def next(self) -> dict[str, Any]:
-        async with asyncio.timeout(WAIT):
-            doc: dict[str, Any] = json.loads(await self.frames.get())
-        return doc
-
-    def pending(self) -> int:
-        return self.frames.qsize()
-
-
-class FakeWriter:
-    """Stands in for the hub's direct frame writer: a transport that may push back."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.wrote = asyncio.Event()
-
-    def closed(self) -> bool:
-        return False
-
-    def ready(self) -> bool:
-        return self.writable.is_set()
-
-    async def drained(self) -> None:
-        await self.writable.wait()
-
-    def write(self, text: str) -> None:
-        self.frames.append(text)
-        self.wrote.set()
-
-    async def until(self, count: int) -> None:
-        """Wait until `count` frames were written."""
-        async with asyncio.timeout(WAIT):
-            while len(self.frames) < count:
-                self.wrote.clear()
-                await self.wrote.wait()
-
-    def close(self, code: int, reason: str) -> None:
-        self.frames.append(f"closed {code}")
+    def docs(self) -> list[dict[str, Any]]:
+        return [d for w in self.writes for d in frames_of(w)]
 
 
 def message(n: int) -> str:
@@ -77,128 +53,164 @@ def message(n: int) -> str:
     return json.dumps({"type": "note", "data": {"n": n}})
 
 
-@pytest.fixture
-async def pumped() -> AsyncIterator[Callable[[Client], None]]:
-    """Start a client's pump; every pump is stopped after the test, and none may have died."""
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(client: Client) -> None:
-        tasks.append(asyncio.create_task(client.pump()))
-
-    yield start
-    died = [t for t in tasks if t.done()]
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert not died, [t.exception() for t in died]
+def snapshot() -> str:
+    return json.dumps({"type": "snapshot", "data": {"full": True}})
 
 
-def connect(hub: Hub, name: str) -> tuple[Client, FakeSocket]:
-    sock = FakeSocket()
-    return hub.add(sock, User(name)), sock  # type: ignore[arg-type]
+def join(hub: Hub, name: str, broadcast_at: Position | None = None,
+         user_at: Position | None = None, history: tuple[str, ...] = ()) -> FakeSocket:
+    sock = FakeSocket(name)
+    hub.welcome(sock, broadcast_at, user_at, snapshot, history)
+    return sock
 
 
-async def test_a_broadcast_reaches_every_client_in_order(
-        pumped: Callable[[Client], None]) -> None:
+async def tick() -> None:
+    """Let the hub write what was published in this turn of the loop."""
+    await asyncio.sleep(0)
+
+
+async def test_a_broadcast_is_framed_once_and_every_socket_gets_the_same_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     hub = Hub(outbox_limit=8)
-    clients = [connect(hub, name) for name in ("alice", "alice", "bob")]
-    for client, _ in clients:
-        pumped(client)
+    socks = [join(hub, name) for name in ("alice", "alice", "bob")]
+    for s in socks:
+        s.writes.clear()
+    framed: list[bytes] = []
+    real = hub_module.text_frame
+
+    def counting(payload: bytes) -> bytes:
+        framed.append(payload)
+        return real(payload)
+
+    monkeypatch.setattr(hub_module, "text_frame", counting)
     for n in range(5):
         assert hub.broadcast(message(n)) == 3
     assert hub.broadcast("{}") == 3
-    for _, sock in clients:
-        got = [await sock.next() for _ in range(6)]
-        assert [m["seq"] for m in got] == [1, 2, 3, 4, 5, 6]
+    await tick()
+    assert len(framed) == 6, "one frame a message, whatever the number of sockets"
+    for s in socks:
+        assert s.writes == socks[0].writes, "the same bytes for every socket"
+        assert len(s.writes) == 1, "one write a tick for everything published in it"
+        got = s.docs()
+        assert [(m["stream"], m["offset"]) for m in got] == [("broadcast", i)
+                                                            for i in range(1, 7)]
         assert [m["data"]["n"] for m in got[:5]] == list(range(5))
-        assert got[5] == {"seq": 6}
+        assert got[5] == {"stream": "broadcast", "offset": 6}
 
 
-async def test_send_to_reaches_only_that_users_clients(
-        pumped: Callable[[Client], None]) -> None:
+async def test_send_to_reaches_only_that_users_sockets_in_its_own_stream() -> None:
     hub = Hub(outbox_limit=8)
-    (a1, sock_a1), (a2, sock_a2), (b, sock_b) = (connect(hub, n)
-                                                 for n in ("alice", "alice", "bob"))
-    for client in (a1, a2, b):
-        pumped(client)
+    a1, a2, b = (join(hub, n) for n in ("alice", "alice", "bob"))
+    for s in (a1, a2, b):
+        s.writes.clear()
     assert hub.send_to("alice", message(1)) == 2
     assert hub.send_to("nobody", message(2)) == 0
+    await tick()
     assert hub.broadcast(message(3)) == 3
-    for sock in (sock_a1, sock_a2):
-        assert [(await sock.next())["data"]["n"] for _ in range(2)] == [1, 3]
-    # Bob's first frame is the broadcast that came after Alice's message: hers never
-    # reached him.
-    first = await sock_b.next()
-    assert first["seq"] == 1
-    assert first["data"]["n"] == 3
-    assert sock_b.pending() == 0
+    await tick()
+    for s in (a1, a2):
+        got = s.docs()
+        assert [(m["stream"], m["offset"], m["data"]["n"]) for m in got] == [
+            ("user", 1, 1), ("broadcast", 1, 3)]
+    # Bob's only frame is the broadcast: Alice's message never reached him.
+    assert [(m["stream"], m["data"]["n"]) for m in b.docs()] == [("broadcast", 3)]
+    assert "nobody" not in hub.streams, "no stream is made for a user nobody watches"
 
 
-async def test_a_full_outbox_drops_that_client_and_the_others_get_everything(
-        pumped: Callable[[Client], None]) -> None:
-    limit, total = 4, 20
-    hub = Hub(outbox_limit=limit)
-    slow, _ = connect(hub, "slow")  # never pumped: a reader that stopped reading
-    fast, sock = connect(hub, "fast")
-    pumped(fast)
-    reached = []
-    for n in range(total):
-        reached.append(hub.broadcast(message(n)))
-        assert slow.dropped.is_set() == (n >= limit)
-        assert (await sock.next())["data"]["n"] == n
-    # Both until the slow client's outbox was full, then only the fast one.
-    assert reached == [2] * limit + [1] * (total - limit)
-    assert slow.outbox.qsize() == limit
-    assert not Hub.offer(slow, message(total))
-    assert not fast.dropped.is_set()
-
-
-async def test_remove_forgets_a_client(pumped: Callable[[Client], None]) -> None:
+async def test_broadcasts_and_own_messages_of_one_tick_go_out_in_one_write() -> None:
     hub = Hub(outbox_limit=8)
-    (gone, gone_sock), (kept, kept_sock) = connect(hub, "alice"), connect(hub, "alice")
-    pumped(gone)
-    pumped(kept)
-    hub.remove(gone)
-    assert gone not in hub.clients
-    assert hub.connections_of("alice") == 1
-    assert hub.broadcast(message(1)) == 1
-    assert hub.send_to("alice", message(2)) == 1
-    assert [(await kept_sock.next())["data"]["n"] for _ in range(2)] == [1, 2]
-    assert gone_sock.pending() == 0
-    hub.remove(gone)  # a second remove is harmless
-    hub.remove(kept)
-    assert hub.connections_of("alice") == 0
-    assert hub.broadcast(message(3)) == 0
-
-
-def test_connections_of_counts_each_users_sockets() -> None:
-    hub = Hub(outbox_limit=8)
-    assert hub.connections_of("alice") == 0
-    alice = [connect(hub, "alice")[0] for _ in range(3)]
-    connect(hub, "bob")
-    assert (hub.connections_of("alice"), hub.connections_of("bob")) == (3, 1)
-    hub.remove(alice[0])
-    assert (hub.connections_of("alice"), hub.connections_of("bob")) == (2, 1)
-    assert len(hub.clients) == 3
-
-
-async def test_direct_writes_and_queued_ones_keep_one_order(
-        pumped: Callable[[Client], None]) -> None:
-    hub = Hub(outbox_limit=8)
-    writer = FakeWriter()
-    client = hub.add(FakeSocket(), User("alice"), writer)  # type: ignore[arg-type]
-    assert hub.broadcast(message(0)) == 1  # written at once
-    writer.writable.clear()  # the transport pushes back: messages wait in the outbox
+    alice, bob = join(hub, "alice"), join(hub, "bob")
+    for s in (alice, bob):
+        s.writes.clear()
     hub.broadcast(message(1))
-    hub.broadcast(message(2))
-    writer.writable.set()
-    # Writable again, but two still wait: this one must queue behind them.
+    hub.send_to("alice", message(2))
     hub.broadcast(message(3))
-    assert len(writer.frames) == 1
-    pumped(client)
-    await writer.until(4)
-    hub.broadcast(message(4))
-    assert len(writer.frames) == 5, "with nothing waiting, a message is written at once"
-    got = [json.loads(f) for f in writer.frames]
-    assert [m["data"]["n"] for m in got] == list(range(5))
-    assert [m["seq"] for m in got] == list(range(1, 6))
+    await tick()
+    assert len(alice.writes) == len(bob.writes) == 1
+    assert [m["data"]["n"] for m in alice.docs()] == [1, 3, 2]
+    assert [m["data"]["n"] for m in bob.docs()] == [1, 3]
+
+
+async def test_a_new_socket_starts_with_hello_and_a_snapshot_and_history_then_live() -> None:
+    hub = Hub(outbox_limit=8)
+    hub.broadcast(message(1))  # published before it joins: not its to get
+    sock = join(hub, "alice", history=(message(7),))
+    hub.broadcast(message(2))
+    await tick()
+    hello, snap, old, live = sock.docs()
+    assert hello["type"] == "hello"
+    assert hello["streams"]["broadcast"]["offset"] == 1
+    assert hello["streams"]["broadcast"]["recovered"] is False
+    assert hello["streams"]["user"]["offset"] == 0
+    assert snap == {"type": "snapshot", "data": {"full": True}}
+    assert old["data"]["n"] == 7
+    assert "offset" not in old
+    assert (live["stream"], live["offset"], live["data"]["n"]) == ("broadcast", 2, 2)
+
+
+async def test_a_reconnect_resumes_each_stream_from_where_it_was() -> None:
+    hub = Hub(outbox_limit=8)
+    first = join(hub, "alice")
+    hello = first.docs()[0]["streams"]
+    b_epoch, u_epoch = hello["broadcast"]["epoch"], hello["user"]["epoch"]
+    hub.broadcast(message(1))
+    hub.send_to("alice", message(2))
+    await tick()
+    hub.remove(first)
+    # Gone for a while: one broadcast and one own message it did not see.
+    hub.broadcast(message(3))
+    hub.send_to("alice", message(4))
+    await tick()
+    again = join(hub, "alice", Position(b_epoch, 1), Position(u_epoch, 1),
+                 history=(message(99),))
+    docs = again.docs()
+    assert docs[0]["streams"]["broadcast"] == {"epoch": b_epoch, "offset": 1,
+                                               "recovered": True}
+    assert docs[0]["streams"]["user"] == {"epoch": u_epoch, "offset": 1, "recovered": True}
+    assert [(m["stream"], m["offset"], m["data"]["n"]) for m in docs[1:]] == [
+        ("broadcast", 2, 3), ("user", 2, 4)], "what it missed, and no snapshot or history"
+
+
+@pytest.mark.parametrize("where", ["too_old", "other_epoch", "ahead"])
+async def test_a_position_that_cannot_be_resumed_gets_a_fresh_snapshot(where: str) -> None:
+    hub = Hub(outbox_limit=8)
+    first = join(hub, "alice")
+    epoch = first.docs()[0]["streams"]["broadcast"]["epoch"]
+    for n in range(hub_module.BROADCAST_KEEP + 5):
+        hub.broadcast(message(n))
+    await tick()
+    at = {"too_old": Position(epoch, 1), "other_epoch": Position("elsewhere-0", 1030),
+          "ahead": Position(epoch, 10**6)}[where]
+    again = join(hub, "bob", at)
+    hello, snap = again.docs()
+    assert hello["streams"]["broadcast"]["recovered"] is False
+    assert hello["streams"]["broadcast"]["offset"] == hub_module.BROADCAST_KEEP + 5
+    assert snap["data"] == {"full": True}
+
+
+async def test_an_idle_users_stream_is_kept_for_a_reconnect_and_then_forgotten() -> None:
+    hub = Hub(outbox_limit=8)
+    sock = join(hub, "alice")
+    hub.remove(sock)
+    assert hub.send_to("alice", message(1)) == 0
+    assert hub.streams["alice"].offset == 1, "kept: a reconnect soon gets it"
+    hub.sweep(now=hub.streams["alice"].idle_since + IDLE_STREAM_SECONDS + 1)
+    assert "alice" not in hub.streams
+    hub.send_to("alice", message(2))
+    assert "alice" not in hub.streams, "and not made again by a message"
+
+
+def test_positions_parse_only_what_a_client_sends() -> None:
+    assert Position.parse("ab12-3:17") == Position("ab12-3", 17)
+    for bad in (None, "", "17", ":17", "e:", "e:-1", "e:1.5", "e:" + "9" * 100):
+        assert Position.parse(bad) is None, bad
+
+
+async def test_a_socket_that_is_closing_is_not_counted_as_delivered() -> None:
+    hub = Hub(outbox_limit=8)
+    gone = join(hub, "alice")
+    gone.open = False
+    before = hub_module.DELIVERIES._value.get()
+    hub.broadcast(message(1))
+    await tick()
+    assert hub_module.DELIVERIES._value.get() == before

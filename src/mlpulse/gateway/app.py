@@ -1,4 +1,4 @@
-"""The FastAPI app: dashboard, JSON API, WebSocket, health and metrics."""
+"""The FastAPI app: dashboard, JSON API, health and metrics (`/ws` is `sockets.Connection`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mlpulse import __version__
-from mlpulse.gateway import alert_routes, api, pages, sockets, task_routes
+from mlpulse.gateway import alert_routes, api, pages, task_routes
 from mlpulse.gateway.deps import Gateway
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,11 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(api.router)
     app.include_router(alert_routes.router)
     app.include_router(task_routes.router)
-    app.include_router(sockets.router)
-
-    app.add_middleware(sockets.KeepRawSend)
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def store_error(request: Request, exc: redis.exceptions.RedisError) -> Response:
-        # One line in the log, and a sentence, not Redis's own words, for the client. A
-        # WebSocket comes here too (it has no method): its socket just ends.
-        log.error("redis refused %s %s: %s", request.scope.get("method", "WebSocket"),
+        # One line in the log, and a sentence, not Redis's own words, for the client.
+        log.error("redis refused %s %s: %s", request.method,
                   request.url.path, exc)
         down = isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
         return JSONResponse({"detail": "the gateway's store (Redis) is unreachable; try again"

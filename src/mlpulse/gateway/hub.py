@@ -1,194 +1,320 @@
-"""The hub: every socket has a bounded outbox; one slow reader never holds up the rest."""
+"""The hub: streams with positions, each message framed once, and one write per socket a tick.
+
+Every message for browsers belongs to a stream: `broadcast` (everyone) or one user's own
+stream. A stream numbers its messages with an offset within an epoch, as Centrifugo does,
+so the position travels in the message itself and one WebSocket frame serves every socket
+that gets it: the frame is built once, when the message is published, and the same bytes
+go to each socket. A stream keeps its latest frames, so a client that reconnects says where
+it was and gets what it missed, or is told it is too far behind and gets a fresh snapshot.
+
+Messages published in one turn of the event loop are written together at its end: a socket
+gets one write for all of them (the broadcast frames first, then its user's), which is one
+system call however many messages there were.
+
+A socket that stops reading is dropped with 1013 once `outbox_limit` messages have waited
+for it beyond the transport's own buffer; it never holds up the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import secrets
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
+import orjson
 from prometheus_client import Counter, Gauge
-from starlette.websockets import WebSocket
-from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
 
 from mlpulse.gateway.auth import User
-from mlpulse.gateway.protocols import BoundedWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
 CONNECTIONS = Gauge("mlpulse_gateway_connections", "Open WebSocket connections")
-DELIVERIES = Counter("mlpulse_gateway_deliveries_total", "Messages queued to sockets")
-DIRECT = Counter("mlpulse_gateway_direct_writes_total",
-                 "Messages written to a socket at once, without waiting in its outbox")
+DELIVERIES = Counter("mlpulse_gateway_deliveries_total", "Messages written to sockets")
+WRITES = Counter("mlpulse_gateway_socket_writes_total",
+                 "Writes to sockets (one carries every message a socket got in a tick)")
 DROPS = Counter("mlpulse_gateway_slow_client_drops_total",
-                "Sockets closed because their outbox was full")
+                "Sockets closed because too many messages waited for them")
+RECOVERIES = Counter("mlpulse_gateway_recoveries_total",
+                     "Reconnecting clients by stream and outcome", ["stream", "outcome"])
+FANOUT_SECONDS = Counter("mlpulse_gateway_fanout_cpu_seconds_total",
+                         "CPU time spent writing published messages to sockets")
 
 # Close codes: 1013 "try again later" for a reader that fell behind.
 CLOSE_TOO_SLOW = 1013
 
+BROADCAST = "broadcast"
+USER = "user"
+# What a stream keeps for reconnecting clients, at most.
+BROADCAST_KEEP, BROADCAST_KEEP_BYTES = 1024, 4 * 2**20
+USER_KEEP, USER_KEEP_BYTES = 128, 256 * 2**10
+# A user's stream outlives its last socket this long, so a reconnect within it recovers;
+# at most this many such idle streams are kept (the oldest go first).
+IDLE_STREAM_SECONDS = 600.0
+IDLE_STREAMS_MAX = 10_000
 
-class FrameWriter:
-    """Writes frames straight to one connection of the gateway's sans-I/O WebSocket protocol.
 
-    Going through ASGI costs a coroutine chain and a task wake-up per message and per
-    socket; a broadcast to thousands of sockets pays that thousands of times. The frame
-    is still built by the connection's own `websockets` protocol object, which keeps
-    its state checks; only the ASGI hop is skipped.
-    """
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked text frame, as a server sends it (no extensions are negotiated)."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
-    __slots__ = ("proto",)
 
-    def __init__(self, proto: BoundedWebSocketProtocol) -> None:
-        self.proto = proto
+class Socket(Protocol):
+    """What the hub needs of a connection."""
+
+    user: User
+
+    def write(self, data: bytes, messages: int) -> bool:
+        """Write frames holding `messages` messages; False if the socket is closing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client was in a stream: after `offset` within `epoch`."""
+
+    epoch: str
+    offset: int
 
     @classmethod
-    def of(cls, send: Callable[..., Any] | None) -> FrameWriter | None:
-        """The wire under an ASGI `send`, when it is the gateway's sans-I/O protocol."""
-        proto = getattr(send, "__self__", None)
-        if isinstance(proto, BoundedWebSocketProtocol) and not proto.conn.extensions:
-            return cls(proto)
-        return None
-
-    def closed(self) -> bool:
-        """Whether nothing more can be sent."""
-        return bool(self.proto.close_sent or self.proto.transport.is_closing())
-
-    def ready(self) -> bool:
-        """Open, and the transport is not pushing back."""
-        return self.proto.writable.is_set() and not self.closed()
-
-    async def drained(self) -> None:
-        """Wait until the transport accepts writes again."""
-        await self.proto.writable.wait()
-        if self.closed():
-            raise ConnectionResetError("socket closed")
-
-    def write(self, text: str) -> None:
-        """Frame and write one text message."""
-        conn = self.proto.conn
-        try:
-            conn.send_text(text.encode())
-        except InvalidState as exc:
-            raise ConnectionResetError("socket closed") from exc
-        self.proto.transport.write(b"".join(conn.data_to_send()))
-
-    def close(self, code: int, reason: str) -> None:
-        """Send a close frame now, behind what is buffered, however full the buffer is."""
-        self.proto.close_now(code, reason)
+    def parse(cls, text: str | None) -> Position | None:
+        """`EPOCH:OFFSET` as a client sends it; None for anything else."""
+        if not text or len(text) > 80:
+            return None
+        epoch, _, offset = text.rpartition(":")
+        if not epoch or not offset.isdigit():
+            return None
+        return cls(epoch, int(offset))
 
 
-class Client:
-    """One WebSocket connection and its outbox."""
+class Stream:
+    """Numbered messages, framed once, with the latest kept for recovery."""
 
-    __slots__ = ("backlog", "dropped", "outbox", "seq", "user", "wire", "ws")
+    __slots__ = ("epoch", "idle_since", "keep", "keep_bytes", "kept", "kept_bytes", "name",
+                 "offset", "prefix")
 
-    def __init__(self, ws: WebSocket, user: User, limit: int,
-                 wire: FrameWriter | None = None) -> None:
-        self.ws = ws
-        self.user = user
-        self.wire = wire
-        self.outbox: asyncio.Queue[str] = asyncio.Queue(limit)
-        self.backlog = 0  # queued, or taken by the pump and not yet written
-        self.seq = 0
-        self.dropped = asyncio.Event()
+    def __init__(self, name: str, epoch: str, keep: int, keep_bytes: int) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.offset = 0
+        self.keep, self.keep_bytes = keep, keep_bytes
+        self.kept: deque[tuple[int, bytes]] = deque()
+        self.kept_bytes = 0
+        self.idle_since = time.monotonic()
+        self.prefix = f'{{"stream":"{name}","offset":'.encode()
 
-    def number(self, payload: str) -> str:
-        """The payload with the next sequence number spliced in front of its first key.
+    def publish(self, payload: str | bytes) -> bytes:
+        """The next position spliced in front of a JSON object's first key, as one frame."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        self.offset += 1
+        body = payload[1:].lstrip()
+        sep = b"" if body.startswith(b"}") else b","
+        frame = text_frame(b"%s%d%s%s" % (self.prefix, self.offset, sep, body))
+        self.kept.append((self.offset, frame))
+        self.kept_bytes += len(frame)
+        while self.kept and (len(self.kept) > self.keep or self.kept_bytes > self.keep_bytes):
+            self.kept_bytes -= len(self.kept.popleft()[1])
+        return frame
 
-        The payload is one JSON object serialised once for everybody."""
-        self.seq += 1
-        return f'{{"seq":{self.seq},{payload[1:]}' if payload != "{}" else f'{{"seq":{self.seq}}}'
+    def since(self, at: Position | None) -> list[bytes] | None:
+        """The frames after `at`, or None when they are not all kept (or `at` is of another
+        epoch, or ahead of this stream)."""
+        if at is None or at.epoch != self.epoch or at.offset > self.offset:
+            return None
+        missed = self.offset - at.offset
+        if missed == 0:
+            return []
+        if missed > len(self.kept):
+            return None
+        return [frame for _, frame in list(self.kept)[-missed:]]
 
-    def write_now(self, payload: str) -> bool:
-        """Write at once when nothing is waiting and the socket takes it; else False."""
-        wire = self.wire
-        if wire is None or self.backlog or not wire.ready():
-            return False
-        try:
-            wire.write(self.number(payload))
-        except ConnectionResetError:
-            return False  # the reader notices the close; the outbox takes it meanwhile
-        DIRECT.inc()
-        return True
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with `code`. Through the wire the frame goes out even past a full buffer;
-        through ASGI that wait is bounded, as a reader that stopped may never let it through."""
-        if self.wire is not None:
-            self.wire.close(code, reason)
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), 2.0)
-
-    async def pump(self) -> None:
-        """Send what had to wait, in order."""
-        while True:
-            payload = await self.outbox.get()
-            if self.wire is not None:
-                await self.wire.drained()
-                self.wire.write(self.number(payload))
-            else:
-                await self.ws.send_text(self.number(payload))
-            self.backlog -= 1
+    def where(self) -> dict[str, object]:
+        return {"epoch": self.epoch, "offset": self.offset}
 
 
 class Hub:
-    """Who is connected, and delivery to everyone or to one user's sockets."""
+    """Who is connected; streams; delivery to everyone or to one user's sockets."""
 
-    def __init__(self, outbox_limit: int) -> None:
+    def __init__(self, outbox_limit: int, epoch: str | None = None) -> None:
         self.outbox_limit = outbox_limit
-        self.clients: set[Client] = set()
-        self.by_user: dict[str, set[Client]] = {}
+        self.epoch = epoch or secrets.token_hex(4)
+        self.clients: set[Socket] = set()
+        self.by_user: dict[str, set[Socket]] = {}
+        self.broadcasts = Stream(BROADCAST, f"{self.epoch}-0", BROADCAST_KEEP,
+                                 BROADCAST_KEEP_BYTES)
+        self.streams: OrderedDict[str, Stream] = OrderedDict()  # users' own, idle ones first
+        self.made = 0
+        self.pending: list[bytes] = []  # broadcast frames of this tick
+        self.pending_users: dict[str, list[bytes]] = {}  # users' frames of this tick
+        self.flush_due = False
+
+    # ------------------------------------------------------------------ connections
 
     def connections_of(self, user: str) -> int:
         """How many sockets a user has open."""
         return len(self.by_user.get(user, ()))
 
-    def add(self, ws: WebSocket, user: User, wire: FrameWriter | None = None) -> Client:
-        """Register a new connection."""
-        client = Client(ws, user, self.outbox_limit, wire)
-        self.clients.add(client)
-        self.by_user.setdefault(user.name, set()).add(client)
+    def add(self, sock: Socket) -> None:
+        """Register a socket; from now on it gets every message of its streams."""
+        self.flush()  # what was published before it joined is not its to get twice
+        self.clients.add(sock)
+        name = sock.user.name
+        self.by_user.setdefault(name, set()).add(sock)
+        self.stream_of(name, make=True)
         CONNECTIONS.set(len(self.clients))
-        return client
 
-    def remove(self, client: Client) -> None:
-        """Forget a connection."""
-        self.clients.discard(client)
-        mine = self.by_user.get(client.user.name)
+    def remove(self, sock: Socket) -> None:
+        """Forget a socket; its user's stream idles once the last one has gone."""
+        if sock not in self.clients:
+            return
+        self.clients.discard(sock)
+        name = sock.user.name
+        mine = self.by_user.get(name)
         if mine is not None:
-            mine.discard(client)
+            mine.discard(sock)
             if not mine:
-                del self.by_user[client.user.name]
+                del self.by_user[name]
+                stream = self.streams.get(name)
+                if stream is not None:
+                    stream.idle_since = time.monotonic()
+                    self.streams.move_to_end(name)
+                    self._forget_idle()
         CONNECTIONS.set(len(self.clients))
 
-    def broadcast(self, payload: str) -> int:
-        """Queue one serialised message for every connection."""
-        return self._offer(self.clients, payload)
+    def stream_of(self, user: str, make: bool = False) -> Stream | None:
+        """A user's stream; made (in a new epoch) when asked to and there is none."""
+        stream = self.streams.get(user)
+        if stream is None and make:
+            self.made += 1
+            stream = self.streams[user] = Stream(USER, f"{self.epoch}-{self.made}",
+                                                 USER_KEEP, USER_KEEP_BYTES)
+            self.streams.move_to_end(user, last=False)  # not idle: among the newest-used
+        return stream
 
-    def send_to(self, user: str, payload: str) -> int:
-        """Queue one serialised message for every connection of `user` only."""
-        return self._offer(self.by_user.get(user, ()), payload)
+    def _forget_idle(self, now: float | None = None) -> None:
+        """Drop idle streams past their time or past the cap, oldest first."""
+        now = time.monotonic() if now is None else now
+        idle = len(self.streams) - len(self.by_user)
+        for name in list(self.streams):
+            if name in self.by_user:
+                continue
+            stream = self.streams[name]
+            if idle <= IDLE_STREAMS_MAX and now - stream.idle_since < IDLE_STREAM_SECONDS:
+                break
+            del self.streams[name]
+            idle -= 1
+
+    def sweep(self, now: float | None = None) -> None:
+        """Forget idle streams that have expired (called now and then)."""
+        self._forget_idle(now)
+
+    # ------------------------------------------------------------------ publishing
+
+    def broadcast(self, payload: str | bytes) -> int:
+        """Publish one serialised JSON object to everyone; how many sockets will get it."""
+        self.pending.append(self.broadcasts.publish(payload))
+        self._flush_soon()
+        return len(self.clients)
+
+    def send_to(self, user: str, payload: str | bytes) -> int:
+        """Publish one serialised JSON object to `user`'s stream; how many sockets will get
+        it. A user with neither a socket nor a recent one has no stream: the message is
+        only in the history then."""
+        stream = self.stream_of(user)
+        if stream is None:
+            return 0
+        self.pending_users.setdefault(user, []).append(stream.publish(payload))
+        self._flush_soon()
+        return self.connections_of(user)
+
+    def _flush_soon(self) -> None:
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what was published this tick: one write per socket that gets anything."""
+        self.flush_due = False
+        if not self.pending and not self.pending_users:
+            return
+        started = time.thread_time()
+        shared, self.pending = self.pending, []
+        own, self.pending_users = self.pending_users, {}
+        delivered = writes = 0
+        if shared:
+            everyone = b"".join(shared) if len(shared) > 1 else shared[0]
+            for sock in tuple(self.clients):
+                mine = own.get(sock.user.name)
+                if mine is None:
+                    ok = sock.write(everyone, len(shared))
+                    count = len(shared)
+                else:
+                    ok = sock.write(everyone + b"".join(mine), len(shared) + len(mine))
+                    count = len(shared) + len(mine)
+                writes += 1
+                delivered += count if ok else 0
+        else:
+            for user, frames in own.items():
+                data = b"".join(frames) if len(frames) > 1 else frames[0]
+                for sock in tuple(self.by_user.get(user, ())):
+                    writes += 1
+                    delivered += len(frames) if sock.write(data, len(frames)) else 0
+        DELIVERIES.inc(delivered)
+        WRITES.inc(writes)
+        FANOUT_SECONDS.inc(time.thread_time() - started)
+
+    # ------------------------------------------------------------------ joining
+
+    def welcome(self, sock: Socket, broadcast_at: Position | None, user_at: Position | None,
+                snapshot: Callable[[], str], history: Iterable[str] = ()) -> None:
+        """Register `sock` and write what it starts with, in one step of the event loop, so
+        nothing published meanwhile is missed or repeated:
+
+        - `hello`, saying where each stream stands and whether the client's own positions
+          could be resumed;
+        - for `broadcast`, the frames the client missed, or a fresh full snapshot;
+        - for its user's stream, the frames it missed, or the user's latest messages from
+          the history (`history`, not numbered).
+        """
+        self.add(sock)
+        own = self.stream_of(sock.user.name, make=True)
+        assert own is not None
+        missed_b = self.broadcasts.since(broadcast_at)
+        missed_u = own.since(user_at)
+        self._count(BROADCAST, broadcast_at, missed_b)
+        self._count(USER, user_at, missed_u)
+        hello = {
+            "type": "hello", "ts": time.time(),
+            "streams": {
+                BROADCAST: {"epoch": self.broadcasts.epoch,
+                            "offset": broadcast_at.offset if missed_b is not None
+                            and broadcast_at else self.broadcasts.offset,
+                            "recovered": missed_b is not None},
+                USER: {"epoch": own.epoch,
+                       "offset": user_at.offset if missed_u is not None
+                       and user_at else own.offset,
+                       "recovered": missed_u is not None},
+            },
+        }
+        parts = [text_frame(orjson.dumps(hello))]
+        parts.extend(missed_b if missed_b is not None else [text_frame(snapshot().encode())])
+        if missed_u is not None:
+            parts.extend(missed_u)
+        else:
+            parts.extend(text_frame(m.encode()) for m in history)
+        sock.write(b"".join(parts), len(parts))
 
     @staticmethod
-    def offer(client: Client, payload: str) -> bool:
-        """Queue for one connection; a full outbox marks the client as too slow."""
-        if client.dropped.is_set():
-            return False
-        if client.write_now(payload):
-            return True
-        try:
-            client.outbox.put_nowait(payload)
-            client.backlog += 1
-        except asyncio.QueueFull:
-            DROPS.inc()
-            log.info("dropping a slow client of %s (outbox full)", client.user.name)
-            client.dropped.set()
-            return False
-        return True
+    def _count(stream: str, at: Position | None, missed: list[bytes] | None) -> None:
+        if at is not None:
+            RECOVERIES.labels(stream, "resumed" if missed is not None else "too_old").inc()
 
-    def _offer(self, targets: Iterable[Client], payload: str) -> int:
-        sent = sum(1 for c in tuple(targets) if self.offer(c, payload))
-        DELIVERIES.inc(sent)
-        return sent
+
+def direct(payload: str) -> bytes:
+    """A frame for one socket only, outside every stream (a pong, say)."""
+    return text_frame(payload.encode())

@@ -1,15 +1,10 @@
-"""Uvicorn's HTTP and WebSocket protocols, bounded in what one peer can make the gateway hold.
+"""Uvicorn's HTTP protocol, bounded in what one peer can make the gateway hold.
 
 HTTP (h11): a request head has `http_max_header_bytes` (431), its request line
 `http_max_request_line` (400), and `http_header_timeout` seconds from its first byte to its
 last (408). A connection with no request under way closes after `http_keepalive` seconds,
 a fresh one included. A WebSocket handshake is an HTTP request first, so it gets the same
-bounds before uvicorn hands it to the WebSocket protocol.
-
-WebSocket (websockets, sans-I/O): while the transport's write buffer is over its high-water
-mark, the connection stops reading, so a peer that never reads cannot make the server queue
-pongs without end. A close frame can go out past a full buffer (`close_now`), and a socket
-whose peer never takes its last bytes is cut off `close_timeout` seconds after it is done.
+bounds before uvicorn hands it to the gateway's WebSocket protocol (`sockets`).
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from typing import Any, ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger(__name__)
 
@@ -169,82 +163,3 @@ class BoundedH11Protocol(H11Protocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
-
-
-class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol that a peer which never reads cannot pin."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reaper: TimerHandle | None = None
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if not self.handshake_initiated and self.conn.handshake_exc is not None:
-            # websockets refused the request itself (a header line over its own limit) and
-            # wrote its answer, which uvicorn leaves unsent.
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.transport.close()
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if not self.read_paused and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    async def receive(self) -> Any:
-        """The next event for the app; reading resumes only if writes are not backed up."""
-        message = await self.queue.get()
-        if self.read_paused and self.queue.empty():
-            self.read_paused = False
-            if self.writable.is_set():
-                self.transport.resume_reading()
-        return message
-
-    def close_now(self, code: int, reason: str) -> None:
-        """Queue a close frame even when the write buffer is full, and stop sending.
-
-        What is already buffered goes first, so a reader that resumes gets its backlog and
-        then the close. A reader that never resumes is cut off after `close_timeout`."""
-        if self.close_sent or self.transport.is_closing():
-            return
-        self.conn.send_close(code, reason)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        # Read again, so the peer's closing reply is seen; not while writes are backed up,
-        # since a ping still gets a pong until the close is complete.
-        self.read_paused = False
-        if self.writable.is_set():
-            self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
-        self._reap_later()
-
-    def keepalive_timeout(self) -> None:
-        super().keepalive_timeout()
-        self._reap_later()
-
-    def on_task_complete(self, task: asyncio.Task[None]) -> None:
-        super().on_task_complete(task)
-        self._reap_later()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.reaper is not None:
-            self.reaper.cancel()
-            self.reaper = None
-        super().connection_lost(exc)
-
-    def _reap_later(self) -> None:
-        # `transport.close()` waits for the buffer to drain, forever if the peer never
-        # reads; this bounds how long a finished socket may hold it.
-        if self.reaper is None and not self.disconnected:
-            self.reaper = self.loop.call_later(self.close_timeout + 1, self._reap)
-
-    def _reap(self) -> None:
-        self.reaper = None
-        if not self.disconnected:
-            self.transport.abort()

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 RELAYED = Counter("mlpulse_gateway_relayed_total", "Events relayed from RabbitMQ", ["route"])
 LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the gateway",
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RELAY_SECONDS = Counter("mlpulse_gateway_relay_cpu_seconds_total",
+                        "CPU time spent parsing and routing events (not writing them)")
 HISTORY_KEEP = 50
 HISTORY_TTL = 7 * 86400
 # Users' messages held while Redis is away, at most.
@@ -48,6 +50,7 @@ class Relay:
         self.hub = hub
         self.redis = redis
         self.ready = asyncio.Event()
+        self.inbox: list[tuple[str, bytes]] = []
         self.unsaved: list[tuple[str, str, float]] = []
         self.unsaved_event = asyncio.Event()
         self.store_history = redis.register_script(load_script("history.lua"))
@@ -58,30 +61,40 @@ class Relay:
         return self.connection is not None and not self.connection.is_closed
 
     async def on_message(self, message: DeliveredMessage) -> None:
-        """Route one event; anything malformed is logged and skipped."""
-        key = message.routing_key or ""
-        try:
-            doc: Any = orjson.loads(message.body)
-        except orjson.JSONDecodeError:
-            log.warning("relay: skipped a non-JSON event on %r", key)
-            return
-        if not isinstance(doc, dict) or "type" not in doc:
-            log.warning("relay: skipped an event without a type on %r", key)
-            return
-        ts = doc.get("ts")
-        if isinstance(ts, int | float):
-            LAG.observe(max(0.0, time.time() - ts))
-        payload = message.body.decode()
-        if key == "broadcast":
-            RELAYED.labels("broadcast").inc()
-            self.hub.broadcast(payload)
-        elif key.startswith("user.") and USER_NAME.match(key[5:]):
-            user = key[5:]
-            RELAYED.labels("user").inc()
-            self.hub.send_to(user, payload)
-            score = float(ts) if isinstance(ts, int | float) else time.time()
-            self.unsaved.append((user, payload, score))
-            self.unsaved_event.set()
+        """Take one event; events are routed together, once a turn of the event loop."""
+        self.inbox.append((message.routing_key or "", message.body))
+        if len(self.inbox) == 1:
+            asyncio.get_running_loop().call_soon(self.route)
+
+    def route(self) -> None:
+        """Route every event taken since the last call; anything malformed is logged and
+        skipped. The hub then writes them all to each socket in one go."""
+        started = time.thread_time()
+        batch, self.inbox = self.inbox, []
+        now = time.time()
+        for key, body in batch:
+            try:
+                doc: Any = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                log.warning("relay: skipped a non-JSON event on %r", key)
+                continue
+            if not isinstance(doc, dict) or "type" not in doc:
+                log.warning("relay: skipped an event without a type on %r", key)
+                continue
+            ts = doc.get("ts")
+            if isinstance(ts, int | float):
+                LAG.observe(max(0.0, now - ts))
+            if key == "broadcast":
+                RELAYED.labels("broadcast").inc()
+                self.hub.broadcast(body)
+            elif key.startswith("user.") and USER_NAME.match(key[5:]):
+                user = key[5:]
+                RELAYED.labels("user").inc()
+                self.hub.send_to(user, body)
+                self.unsaved.append((user, body.decode(), float(ts) if isinstance(ts, int | float)
+                                     else now))
+                self.unsaved_event.set()
+        RELAY_SECONDS.inc(time.thread_time() - started)
 
     async def keep_history(self, stop: asyncio.Event) -> None:
         """Store users' own messages in Redis, many per round trip, until `stop`; what is

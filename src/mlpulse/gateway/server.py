@@ -22,14 +22,13 @@ from mlpulse.gateway.auth import issue_token, load_secret
 from mlpulse.gateway.deps import Gateway
 from mlpulse.gateway.drift_view import DriftView
 from mlpulse.gateway.hub import Hub
-from mlpulse.gateway.protocols import BoundedH11Protocol, BoundedWebSocketProtocol, HttpLimits
+from mlpulse.gateway.protocols import BoundedH11Protocol, HttpLimits
 from mlpulse.gateway.relay import Relay
+from mlpulse.gateway.sockets import CLOSE_GOING_AWAY, Connection, close_all, keepalive
 from mlpulse.store import connect_redis
 from mlpulse.task_queue import make_celery
 
 log = logging.getLogger(__name__)
-
-CLOSE_GOING_AWAY = 1001
 
 
 class _Server(uvicorn.Server):
@@ -81,6 +80,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(relay.ready.wait(), 30)
             await actualizer.step()
             group.create_task(actualizer.run(stop), name="actualizer")
+            group.create_task(keepalive(hub, stop), name="keepalive")
             group.create_task(_serve_web(server, hub, stop, listening), name="web")
             await server.listening.wait()  # a web server that fails ends the group instead
             if first_start:
@@ -102,11 +102,10 @@ def _uvicorn_config(settings: Settings, gateway: Gateway) -> uvicorn.Config:
         timeout_keep_alive=math.ceil(settings.http_keepalive),  # uvicorn counts whole seconds
         # Requests still open at a stop get half the role's stop bound, then are cut.
         timeout_graceful_shutdown=max(1, math.floor(settings.stop_timeout / 2)),
-        ws=BoundedWebSocketProtocol,
-        ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=20, ws_ping_timeout=20,
-        # Messages are small JSON serialised once for every receiver; per-connection
-        # compression would redo the work for each socket and cost more than it saves.
-        ws_per_message_deflate=False,
+        # Upgrade requests go to the gateway's own WebSocket protocol (sockets.Connection).
+        # It negotiates no compression: one frame serves every socket, and per-connection
+        # compression would redo the work for each of them.
+        ws=Connection.bound(gateway),
     )
 
 
@@ -141,6 +140,5 @@ async def _serve_web(server: uvicorn.Server, hub: Hub, stop: asyncio.Event,
         if not stop.is_set():
             stopping.cancel()
             raise RuntimeError("the web server stopped by itself")
-        closing = [c.close(CLOSE_GOING_AWAY, "server shutting down") for c in list(hub.clients)]
-        await asyncio.gather(*closing, return_exceptions=True)
+        close_all(hub, CLOSE_GOING_AWAY, "server shutting down")
         server.should_exit = True

@@ -1,163 +1,373 @@
-"""The WebSocket endpoint: checks before the upgrade, registration, one connection's lifetime."""
+"""The WebSocket endpoint `/ws`: checks before the upgrade, then one connection's lifetime.
+
+A connection is the `websockets` library's sans-I/O `ServerProtocol` (its public interface)
+driven by a plain asyncio protocol, which Uvicorn hands the socket to when a request asks
+for the upgrade: one port and one event loop serve HTTP and WebSockets. The hub writes the
+frames it built once straight to each connection's transport (see `hub`).
+
+Bounds on what one peer can make the gateway hold:
+- a refused handshake gets an HTTP answer (401, 403, 404 or 429) and no socket;
+- a frame is at most `ws_max_frame_bytes`, and `ws_rate` frames a second (burst `ws_burst`);
+- while the transport's write buffer is over its high-water mark, the connection stops
+  reading, so a peer that never reads cannot make the gateway queue pongs; and once
+  `ws_outbox` messages have waited for it there, it is closed with 1013;
+- a closing socket whose peer never takes its last bytes is cut off after `CLOSE_TIMEOUT`;
+- a peer that does not answer a ping within `PING_TIMEOUT` is cut off.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Iterable
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+import redis.exceptions
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from mlpulse.gateway.auth import AuthError, User
-from mlpulse.gateway.deps import Gateway, gateway_of, user_of
-from mlpulse.gateway.hub import CLOSE_TOO_SLOW, Client, FrameWriter, Hub
+from mlpulse.gateway.auth import AuthError, User, verify_token
+from mlpulse.gateway.deps import COOKIE
+from mlpulse.gateway.hub import CLOSE_TOO_SLOW, DROPS, Hub, Position, direct
 from mlpulse.gateway.relay import read_history
+from mlpulse.waiting import stopped_within
 
+if TYPE_CHECKING:
+    from mlpulse.gateway.deps import Gateway
+
+log = logging.getLogger(__name__)
+# The protocol's own log says "connection open" for every socket; only its warnings count.
+protocol_log = logging.getLogger(f"{__name__}.protocol")
+protocol_log.setLevel(logging.WARNING)
+
+PATH = "/ws"
 # Close codes of an accepted socket: 1003 for a frame type it does not take, 1008 when it
-# loses its right (its token expires) or breaks a limit; 1013 (hub) when it falls behind.
+# loses its right (its token expires) or breaks a limit, 1011 when it stops answering
+# pings; 1013 (hub) when it falls behind; 1001 when the gateway stops.
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
-RAW_SEND = "mlpulse.raw_send"
-router = APIRouter()
+CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL = 1011
+CLOSE_TIMEOUT = 10.0
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
 
 
-class KeepRawSend:
-    """ASGI middleware: remembers the server's own `send` for WebSockets.
+class Refused(Exception):
+    """A handshake the gateway answers with an HTTP status instead of the upgrade."""
 
-    Starlette wraps `send` on its way to an endpoint; the hub needs the server's, to
-    write frames without a task switch per message (see `hub.FrameWriter`)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
+    def __init__(self, status: HTTPStatus, detail: str, headers: Iterable[tuple[str, str]] = ()):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, tuple(headers)
 
 
-@router.websocket("/ws")
-async def ws(websocket: WebSocket) -> None:
-    """Live updates: the snapshot, then diffs, broadcasts and my own messages."""
-    await serve_socket(websocket, gateway_of(websocket))
+def token_in(request: Request, query: dict[str, list[str]]) -> str | None:
+    """The token of a handshake: Authorization header, `token` query parameter or cookie,
+    as every HTTP route takes it."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    if query.get("token"):
+        return query["token"][0]
+    cookies = SimpleCookie()
+    for line in request.headers.get_all("Cookie"):
+        with contextlib.suppress(CookieError):
+            cookies.load(line)
+    morsel = cookies.get(COOKIE)
+    return morsel.value if morsel is not None else None
 
 
-async def serve_socket(websocket: WebSocket, gw: Gateway) -> None:
-    """Check, register and serve one WebSocket until it closes, falls behind or expires."""
-    admitted = _admit(websocket, gw)
-    if isinstance(admitted, Response):
-        # Refused before the upgrade: an HTTP answer, and no socket to hold.
-        await websocket.send_denial_response(admitted)
-        return
-    user = admitted
-    await websocket.accept()
-    if gw.hub.connections_of(user.name) >= gw.settings.ws_max_per_user:
-        # A handshake that ran alongside this one took the last place.
-        await websocket.close(CLOSE_POLICY, "too many connections")
-        return
-    client = gw.hub.add(websocket, user, FrameWriter.of(websocket.scope.get(RAW_SEND)))
-    try:
-        Hub.offer(client, gw.actualizer.full())
-        for message in await read_history(gw.redis, user.name):
-            Hub.offer(client, message)
-        verdict = await _run_client(websocket, client, gw)
-    finally:
-        gw.hub.remove(client)
-    if verdict is not None:
-        await client.close(*verdict)
+class Connection(asyncio.Protocol):
+    """One WebSocket connection, from the upgrade request on.
 
+    Uvicorn makes one with its own keyword arguments (`uvicorn.Config(ws=...)` takes the
+    class) and hands it the transport and the request; nothing of Uvicorn's is read beyond
+    the set of open connections, which its shutdown closes."""
 
-def _admit(websocket: WebSocket, gw: Gateway) -> User | Response:
-    """The user a handshake speaks for, or the HTTP answer that refuses it."""
-    origin = websocket.headers.get("origin")
-    if origin is not None and origin not in gw.settings.origins():
-        return _refusal(403, "origin not allowed")
-    try:
-        user = user_of(websocket)
-    except AuthError as exc:
-        return _refusal(401, str(exc), {"WWW-Authenticate": "Bearer"})
-    if gw.hub.connections_of(user.name) >= gw.settings.ws_max_per_user:
-        return _refusal(429, "too many connections")
-    return user
+    gateway: ClassVar[Gateway]
 
+    @classmethod
+    def bound(cls, gateway: Gateway) -> type[Connection]:
+        """This protocol serving `gateway`, as a class for `uvicorn.Config(ws=...)`."""
+        return type(cls.__name__, (cls,), {"gateway": gateway})
 
-def _refusal(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"detail": detail}, status, headers)
+    def __init__(self, config: Any = None, server_state: Any = None, app_state: Any = None,
+                 _loop: Any = None) -> None:
+        gw = self.gateway
+        self.hub: Hub = gw.hub
+        self.settings = gw.settings
+        self.open_connections: set[Any] = (
+            server_state.connections if server_state is not None else set())
+        self.proto = ServerProtocol(max_size=gw.settings.ws_max_frame_bytes,
+                                    logger=protocol_log)
+        self.transport: asyncio.Transport | None = None
+        self.user: User = User("")
+        self.joined = False
+        self.closing = False
+        self.paused = False
+        self.waiting = 0  # messages written while the transport was over its high-water mark
+        self.tokens, self.last = float(gw.settings.ws_burst), time.monotonic()
+        self.ping_sent: float | None = None
+        self.timers: list[asyncio.TimerHandle] = []
+        self.task: asyncio.Task[None] | None = None
 
+    # ------------------------------------------------------------------ asyncio protocol
 
-class _Ended(Exception):
-    """One of a socket's tasks has decided how the socket ends; the others stop."""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+        self.open_connections.add(self)
 
-    def __init__(self, verdict: tuple[int, str] | None) -> None:
-        super().__init__(verdict)
-        self.verdict = verdict
+    def data_received(self, data: bytes) -> None:
+        self.proto.receive_data(data)
+        self._handle_events()
 
+    def eof_received(self) -> bool | None:
+        self.proto.receive_eof()
+        self._handle_events()
+        return None
 
-async def _ends(work: Awaitable[object], verdict: Callable[[Any], tuple[int, str] | None]) -> None:
-    raise _Ended(verdict(await work))
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.hub.remove(self)
+        self.open_connections.discard(self)
+        for timer in self.timers:
+            timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
-async def _run_client(websocket: WebSocket, client: Client,
-                      gw: Gateway) -> tuple[int, str] | None:
-    """Serve one socket; the close code and reason it should end with, if any.
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.waiting = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
-    Its four tasks run as one group: whichever ends first decides, and the group stops
-    the rest; a failure of any of them is raised, not left behind."""
-    ended: tuple[int, str] | None = None
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_ends(client.pump(), lambda _: None), name="pump")
-            group.create_task(_ends(_read(websocket, client, gw), lambda v: v), name="reader")
-            group.create_task(_ends(client.dropped.wait(),
-                                    lambda _: (CLOSE_TOO_SLOW, "too slow: outbox full")))
-            group.create_task(_ends(_expiry(client.user),
-                                    lambda _: (CLOSE_POLICY, "token expired")))
-    except* _Ended as done:
-        ended = next(e.verdict for e in done.exceptions if isinstance(e, _Ended))
-    except* (WebSocketDisconnect, RuntimeError, OSError):
-        ended = None  # the peer went away while a frame was being written
-    return ended
+    def shutdown(self) -> None:
+        """Uvicorn's shutdown: tell the client the gateway is going away."""
+        self.close(CLOSE_GOING_AWAY, "server shutting down")
 
+    # ------------------------------------------------------------------ the hub's side
 
-async def _expiry(user: User) -> None:
-    """Returns when the user's token expires; never, for a user without an expiry."""
-    if user.expires is None:
-        await asyncio.get_running_loop().create_future()
-    else:
-        await asyncio.sleep(max(0.0, user.expires - time.time()))
+    def write(self, data: bytes, messages: int) -> bool:
+        """Write frames the hub built; False once the socket is closing. Past `ws_outbox`
+        messages waiting behind a full transport buffer, the socket is closed as too slow."""
+        if self.closing:
+            return False
+        if self.paused:
+            self.waiting += messages
+            if self.waiting > self.hub.outbox_limit:
+                DROPS.inc()
+                log.info("dropping a slow client of %s (outbox full)", self.user.name)
+                self.close(CLOSE_TOO_SLOW, "too slow: outbox full")
+                return False
+        assert self.transport is not None
+        self.transport.write(data)
+        return True
 
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame behind what is buffered, however full the buffer is, and stop
+        sending. A reader that resumes gets its backlog, then the close; one that never does
+        is cut off after `CLOSE_TIMEOUT`."""
+        if self.closing:
+            return
+        self.closing = True
+        self.hub.remove(self)
+        if self.proto.state is State.OPEN:
+            self.proto.send_close(code, reason)
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            # Read again, so the peer's closing reply is seen; not while writes are backed
+            # up, since a ping would still get a pong until the close is complete.
+            if not self.paused:
+                self.transport.resume_reading()
+            self._later(CLOSE_TIMEOUT, self._end)
 
-async def _read(websocket: WebSocket, client: Client, gw: Gateway) -> tuple[int, str] | None:
-    """Read client frames under a rate limit; returns a close code when one is due."""
-    rate, burst = gw.settings.ws_rate, gw.settings.ws_burst
-    tokens, last = float(burst), time.monotonic()
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return None
-        text = message.get("text")
-        if text is None:
-            return CLOSE_UNSUPPORTED, "binary frames are not accepted"
+    def ping(self, now: float) -> None:
+        """Ping, or cut off a peer that left the last ping unanswered for `PING_TIMEOUT`."""
+        if self.closing:
+            return
+        if self.ping_sent is not None:
+            if now - self.ping_sent >= PING_TIMEOUT:
+                log.info("closing a socket of %s: no pong in %.0fs", self.user.name, PING_TIMEOUT)
+                self.close(CLOSE_INTERNAL, "keepalive ping timeout")
+            return
+        self.ping_sent = now
+        with contextlib.suppress(InvalidState):
+            self.proto.send_ping(b"")
+        self._flush()
+
+    # ------------------------------------------------------------------ internals
+
+    def _handle_events(self) -> None:
+        for event in self.proto.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what the protocol has to send; its end of data means closing TCP."""
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.proto.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                self.closing = True
+                self.hub.remove(self)
+                transport.close()
+                self._later(1.0, self._end)  # a peer that never reads its last bytes
+        if self.proto.close_expected() and not self.closing:
+            self.closing = True
+            self.hub.remove(self)
+            self._later(CLOSE_TIMEOUT, self._end)
+
+    def _end(self) -> None:
+        """Close, and cut off a peer that has not taken its last bytes a second later."""
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()
+            self._later(1.0, self._end)
+        else:
+            transport.abort()
+
+    def _later(self, delay: float, callback: Any) -> None:
+        self.timers.append(asyncio.get_running_loop().call_later(delay, callback))
+
+    def _handshake(self, request: Request) -> None:
+        try:
+            self.user, positions = self._admit(request)
+        except Refused as refusal:
+            log.info("refused a WebSocket handshake: %d %s", refusal.status.value,
+                     refusal.detail)
+            response = self.proto.reject(refusal.status, "")
+            body = orjson.dumps({"detail": refusal.detail})
+            response.body = body
+            for name, value in (("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))), *refusal.headers):
+                with contextlib.suppress(KeyError):  # headers keep every value set
+                    del response.headers[name]
+                response.headers[name] = value
+            self.proto.send_response(response)
+            return
+        response = self.proto.accept(request)
+        with contextlib.suppress(KeyError):
+            del response.headers["Server"]
+        self.proto.send_response(response)
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            return  # not a valid upgrade request: websockets said why
+        if self.user.expires is not None:
+            self._later(max(0.0, self.user.expires - time.time()),
+                        lambda: self.close(CLOSE_POLICY, "token expired"))
+        self.task = asyncio.get_running_loop().create_task(self._join(*positions))
+
+    def _admit(self, request: Request) -> tuple[User, tuple[Position | None, Position | None]]:
+        """The user a handshake speaks for and the positions it resumes from; `Refused`
+        otherwise."""
+        url = urlsplit(request.path)
+        if url.path != PATH:
+            raise Refused(HTTPStatus.NOT_FOUND, "no WebSocket here; it is at /ws")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.settings.origins():
+            raise Refused(HTTPStatus.FORBIDDEN, "origin not allowed")
+        query = parse_qs(url.query)
+        try:
+            user = verify_token(self.gateway.secret, token_in(request, query))
+        except AuthError as exc:
+            raise Refused(HTTPStatus.UNAUTHORIZED, str(exc),
+                          [("WWW-Authenticate", "Bearer")]) from None
+        if self.hub.connections_of(user.name) >= self.settings.ws_max_per_user:
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many connections")
+        return user, (Position.parse(_first(query, "broadcast")),
+                      Position.parse(_first(query, "user")))
+
+    async def _join(self, broadcast_at: Position | None, user_at: Position | None) -> None:
+        """Read the user's latest messages if its stream cannot be resumed, then join."""
+        name = self.user.name
+        history: list[str] = []
+        stream = self.hub.stream_of(name)
+        if stream is None or stream.since(user_at) is None:
+            try:
+                history = await read_history(self.gateway.redis, name)
+            except redis.exceptions.RedisError as exc:
+                log.warning("no history for a new socket of %s: %r", name, exc)
+        if self.closing:
+            return
+        if self.hub.connections_of(name) >= self.settings.ws_max_per_user:
+            # A handshake that ran alongside this one took the last place.
+            self.close(CLOSE_POLICY, "too many connections")
+            return
+        self.hub.welcome(self, broadcast_at, user_at, self.gateway.actualizer.full, history)
+        self.joined = True
+
+    def _frame(self, frame: Frame) -> None:
+        """A frame from the client: control frames are the protocol's; data frames are rate
+        limited, and a ping gets a pong."""
+        if frame.opcode in (Opcode.PING, Opcode.CLOSE) or self.closing:
+            return
+        if frame.opcode is Opcode.PONG:
+            self.ping_sent = None
+            return
+        if frame.opcode is Opcode.BINARY:
+            self.close(CLOSE_UNSUPPORTED, "binary frames are not accepted")
+            return
         now = time.monotonic()
-        tokens = min(burst, tokens + (now - last) * rate)
-        last = now
-        if tokens < 1:
-            return CLOSE_POLICY, "rate limit exceeded"
-        tokens -= 1
-        if _is_ping(text):
-            Hub.offer(client, orjson.dumps({"type": "pong", "ts": time.time()}).decode())
+        rate, burst = self.settings.ws_rate, self.settings.ws_burst
+        self.tokens = min(burst, self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens < 1:
+            self.close(CLOSE_POLICY, "rate limit exceeded")
+            return
+        self.tokens -= 1
+        if frame.opcode is Opcode.TEXT and frame.fin and self.joined and _is_ping(frame.data):
+            self.write(direct(orjson.dumps({"type": "pong", "ts": time.time()}).decode()), 1)
 
 
-def _is_ping(text: str) -> bool:
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+def _is_ping(data: bytes | bytearray | memoryview) -> bool:
     """`ping` or `{"type": "ping"}`; anything else a client sends is ignored."""
-    if text.strip() == "ping":
+    if bytes(data).strip() == b"ping":
         return True
     try:
-        doc = orjson.loads(text)
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
     return isinstance(doc, dict) and doc.get("type") == "ping"
+
+
+async def keepalive(hub: Hub, stop: asyncio.Event) -> None:
+    """Every `PING_INTERVAL`: ping every socket, cut off the silent, forget idle streams."""
+    while not await stopped_within(stop, PING_INTERVAL):
+        now = time.monotonic()
+        for sock in tuple(hub.clients):
+            if isinstance(sock, Connection):
+                sock.ping(now)
+        hub.sweep()
+
+
+def close_all(hub: Hub, code: int, reason: str) -> None:
+    """Close every socket the hub knows with `code`."""
+    for sock in tuple(hub.clients):
+        if isinstance(sock, Connection):
+            sock.close(code, reason)

@@ -2,7 +2,7 @@
 // mlpulse dashboard: one WebSocket, a snapshot merged with diffs, canvas charts, no build step.
 (() => {
   const $ = (id) => document.getElementById(id);
-  const state = { snapshot: {}, seq: 0, gaps: 0, connected: false, messages: 0 };
+  const state = { snapshot: {}, pos: {}, gaps: 0, connected: false, messages: 0 };
   window.mlpulse = state;  // read by the end-to-end tests and handy in the console
 
   const fmt = (v, digits = 2) =>
@@ -1563,18 +1563,33 @@
   let delay = 1000;
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/ws`);
+    // Where this page was in each stream: a reconnect resumes there, and gets what it
+    // missed, or a fresh snapshot when the gateway no longer has it.
+    const resume = Object.entries(state.pos)
+      .map(([name, p]) => `${name}=${encodeURIComponent(`${p.epoch}:${p.offset}`)}`).join("&");
+    const ws = new WebSocket(`${proto}://${location.host}/ws${resume ? `?${resume}` : ""}`);
     state.ws = ws;
     setConn("connecting", "connecting…");
     ws.onopen = () => {
-      state.connected = true; state.seq = 0; delay = 1000; setConn("live", "live");
+      state.connected = true; delay = 1000; setConn("live", "live");
       loadTasks();  // catch up on anything that changed while the socket was down
     };
     ws.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       let note = "";
-      if (msg.seq !== state.seq + 1) { state.gaps++; note = `(missed ${msg.seq - state.seq - 1})`; }
-      state.seq = msg.seq;
+      if (msg.type === "hello") {
+        for (const [name, p] of Object.entries(msg.streams)) {
+          state.pos[name] = { epoch: p.epoch, offset: p.offset };
+        }
+        return;
+      }
+      const pos = msg.stream && state.pos[msg.stream];
+      if (pos) {
+        if (msg.offset !== pos.offset + 1) {
+          state.gaps++; note = `(missed ${msg.offset - pos.offset - 1})`;
+        }
+        pos.offset = msg.offset;
+      }
       if (msg.type === "snapshot") {
         if (msg.data.full) state.snapshot = {};
         Object.assign(state.snapshot, msg.data);
