@@ -173,8 +173,10 @@ class Connection(asyncio.Protocol):
                 log.info("dropping a slow client of %s (outbox full)", self.user.name)
                 self.close(CLOSE_TOO_SLOW, "too slow: outbox full")
                 return False
-        assert self.transport is not None
-        self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False  # the peer is gone; connection_lost is on its way
+        transport.write(data)
         return True
 
     def close(self, code: int, reason: str) -> None:
