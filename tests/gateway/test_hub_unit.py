@@ -194,10 +194,25 @@ async def test_an_idle_users_stream_is_kept_for_a_reconnect_and_then_forgotten()
     hub.remove(sock)
     assert hub.send_to("alice", message(1)) == 0
     assert hub.streams["alice"].offset == 1, "kept: a reconnect soon gets it"
-    hub.sweep(now=hub.streams["alice"].idle_since + IDLE_STREAM_SECONDS + 1)
+    hub.sweep(now=hub.idle["alice"] + IDLE_STREAM_SECONDS + 1)
     assert "alice" not in hub.streams
     hub.send_to("alice", message(2))
     assert "alice" not in hub.streams, "and not made again by a message"
+
+
+async def test_idle_streams_past_the_cap_go_longest_idle_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "IDLE_STREAMS_MAX", 3)
+    hub = Hub(outbox_limit=8)
+    socks = {name: join(hub, name) for name in "abcdef"}
+    for name in "bcaed":
+        hub.remove(socks[name])
+    assert sorted(hub.streams) == ["a", "d", "e", "f"], "b and c idled first and went"
+    hub.remove(socks["f"])
+    assert sorted(hub.streams) == ["d", "e", "f"]
+    join(hub, "d")
+    hub.remove(socks["d"])  # a user back and gone again idles anew
+    assert sorted(hub.streams) == ["d", "e", "f"]
 
 
 def test_positions_parse_only_what_a_client_sends() -> None:

@@ -94,7 +94,7 @@ class Position:
 class Stream:
     """Numbered messages, framed once, with the latest kept for recovery."""
 
-    __slots__ = ("epoch", "idle_since", "keep", "keep_bytes", "kept", "kept_bytes", "name",
+    __slots__ = ("epoch", "keep", "keep_bytes", "kept", "kept_bytes", "name",
                  "offset", "prefix")
 
     def __init__(self, name: str, epoch: str, keep: int, keep_bytes: int) -> None:
@@ -104,7 +104,6 @@ class Stream:
         self.keep, self.keep_bytes = keep, keep_bytes
         self.kept: deque[tuple[int, bytes]] = deque()
         self.kept_bytes = 0
-        self.idle_since = time.monotonic()
         self.prefix = f'{{"stream":"{name}","offset":'.encode()
 
     def publish(self, payload: str | bytes) -> bytes:
@@ -147,7 +146,9 @@ class Hub:
         self.by_user: dict[str, set[Socket]] = {}
         self.broadcasts = Stream(BROADCAST, f"{self.epoch}-0", BROADCAST_KEEP,
                                  BROADCAST_KEEP_BYTES)
-        self.streams: OrderedDict[str, Stream] = OrderedDict()  # users' own, idle ones first
+        self.streams: dict[str, Stream] = {}  # users' own
+        # Users whose stream has no socket, and since when, the longest idle first.
+        self.idle: OrderedDict[str, float] = OrderedDict()
         self.made = 0
         self.pending: list[bytes] = []  # broadcast frames of this tick
         self.pending_users: dict[str, list[bytes]] = {}  # users' frames of this tick
@@ -165,6 +166,7 @@ class Hub:
         self.clients.add(sock)
         name = sock.user.name
         self.by_user.setdefault(name, set()).add(sock)
+        self.idle.pop(name, None)
         self.stream_of(name, make=True)
         CONNECTIONS.set(len(self.clients))
 
@@ -179,11 +181,9 @@ class Hub:
             mine.discard(sock)
             if not mine:
                 del self.by_user[name]
-                stream = self.streams.get(name)
-                if stream is not None:
-                    stream.idle_since = time.monotonic()
-                    self.streams.move_to_end(name)
-                    self._forget_idle()
+                if name in self.streams:
+                    self.idle[name] = time.monotonic()
+                    self.sweep()
         CONNECTIONS.set(len(self.clients))
 
     def stream_of(self, user: str, make: bool = False) -> Stream | None:
@@ -193,25 +193,18 @@ class Hub:
             self.made += 1
             stream = self.streams[user] = Stream(USER, f"{self.epoch}-{self.made}",
                                                  USER_KEEP, USER_KEEP_BYTES)
-            self.streams.move_to_end(user, last=False)  # not idle: among the newest-used
         return stream
 
-    def _forget_idle(self, now: float | None = None) -> None:
-        """Drop idle streams past their time or past the cap, oldest first."""
-        now = time.monotonic() if now is None else now
-        idle = len(self.streams) - len(self.by_user)
-        for name in list(self.streams):
-            if name in self.by_user:
-                continue
-            stream = self.streams[name]
-            if idle <= IDLE_STREAMS_MAX and now - stream.idle_since < IDLE_STREAM_SECONDS:
-                break
-            del self.streams[name]
-            idle -= 1
-
     def sweep(self, now: float | None = None) -> None:
-        """Forget idle streams that have expired (called now and then)."""
-        self._forget_idle(now)
+        """Forget idle streams past their time or past the cap, the longest idle first."""
+        now = time.monotonic() if now is None else now
+        idle = self.idle
+        while idle:
+            name, since = next(iter(idle.items()))
+            if len(idle) <= IDLE_STREAMS_MAX and now - since < IDLE_STREAM_SECONDS:
+                break
+            del idle[name]
+            self.streams.pop(name, None)
 
     # ------------------------------------------------------------------ publishing
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RELAYED = Counter("mlpulse_gateway_relayed_total", "Events relayed from RabbitMQ", ["route"])
 LAG = Histogram("mlpulse_gateway_relay_lag_seconds", "From an event's ts to the gateway",
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RELAYED_BROADCAST, RELAYED_USER = RELAYED.labels("broadcast"), RELAYED.labels("user")
 RELAY_SECONDS = Counter("mlpulse_gateway_relay_cpu_seconds_total",
                         "CPU time spent parsing and routing events (not writing them)")
 HISTORY_KEEP = 50
@@ -85,11 +86,11 @@ class Relay:
             if isinstance(ts, int | float):
                 LAG.observe(max(0.0, now - ts))
             if key == "broadcast":
-                RELAYED.labels("broadcast").inc()
+                RELAYED_BROADCAST.inc()
                 self.hub.broadcast(body)
             elif key.startswith("user.") and USER_NAME.match(key[5:]):
                 user = key[5:]
-                RELAYED.labels("user").inc()
+                RELAYED_USER.inc()
                 self.hub.send_to(user, body)
                 self.unsaved.append((user, body.decode(), float(ts) if isinstance(ts, int | float)
                                      else now))
