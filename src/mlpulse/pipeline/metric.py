@@ -17,6 +17,7 @@ from mlpulse.broker import BatchConsumer, consume_until_stopped
 from mlpulse.config import Settings
 from mlpulse.pipeline.archive import LogPolicy
 from mlpulse.pipeline.changes import ErrorChanges
+from mlpulse.pipeline.heap import freeze_startup
 from mlpulse.pipeline.joiner import Joiner
 from mlpulse.pipeline.sink import CsvSink
 from mlpulse.store import JoinStore, Redis, connect_redis, read_summary
@@ -81,6 +82,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             finally:
                 finish.set()
 
+        freeze_startup()
         async with asyncio.TaskGroup() as group:
             group.create_task(consume(), name="consumer")
             group.create_task(sink.run(finish), name="sink")

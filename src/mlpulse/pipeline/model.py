@@ -24,6 +24,7 @@ from mlpulse.errors import TRANSIENT_ERRORS
 from mlpulse.ml.meta import versions
 from mlpulse.ml.profile import Profiled, ProfileError
 from mlpulse.ml.registry import LoadedModel, ensure_model, ensure_profile, load
+from mlpulse.pipeline.heap import freeze_startup
 from mlpulse.store import Redis, connect_redis, count_rejected
 from mlpulse.waiting import stopped_within
 from mlpulse.wire import (
@@ -227,6 +228,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 profiled = await asyncio.to_thread(load_profile, settings, model)
                 predictor = Predictor(channel, redis, model, settings, profiled)
                 group.create_task(predictor.follow_registry(stop), name="registry")
+                freeze_startup()
             predictor.channel = channel
             return BatchConsumer(channel, [FEATURES], predictor.handle, settings=settings)
 

@@ -20,14 +20,18 @@ from mlpulse.broker import PERSISTENT_JSON, close_quietly, connect, declare_topo
 from mlpulse.config import Settings
 from mlpulse.errors import TRANSIENT_ERRORS, MlpulseError
 from mlpulse.ml.data import Dataset, diabetes, read_csv
+from mlpulse.pipeline.heap import freeze_startup
 from mlpulse.waiting import Backoff, stopped_within
 from mlpulse.wire import FEATURES, Y_TRUE, encode
 
 log = logging.getLogger(__name__)
 
-# Messages per publish chunk, and chunks awaiting the broker's confirms at once.
+# Messages per publish chunk, and messages awaiting the broker's confirms at once: four
+# full chunks. A paced run flushes a chunk of one event before each pause, so a bound
+# counted in chunks would allow only four events unconfirmed, and the events behind them
+# would wait out the broker's confirm latency before being sent.
 CHUNK_MESSAGES = 500
-CHUNKS_IN_FLIGHT = 4
+MESSAGES_IN_FLIGHT = 4 * CHUNK_MESSAGES
 # A broker restart takes seconds; this many tries, at most 2 s apart, span about a minute,
 # and a broker that is back is tried again within 2 s.
 PUBLISH_ATTEMPTS = 35
@@ -142,7 +146,7 @@ class Progress:
 
 
 class Sender:
-    """Publishes in chunks, with a bounded number of chunks awaiting confirms at once.
+    """Publishes in chunks, with a bounded number of messages awaiting confirms at once.
 
     Chunks run in the caller's task group: one that fails for good cancels the others,
     and the run ends with its error instead of leaving publishes behind."""
@@ -151,7 +155,8 @@ class Sender:
         self.channel = channel
         self.group = group
         self.chunk: list[tuple[str, bytes]] = []
-        self.slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        self.unconfirmed = 0  # messages handed over and not yet confirmed (or failed)
+        self._confirm_seen = asyncio.Event()
         # Events in the chunk being filled, handed over in flushed chunks, and confirmed
         # together with every event before them (chunks may confirm out of order).
         self.events = 0
@@ -167,11 +172,15 @@ class Sender:
         self.chunk.append((queue, encode(doc)))
 
     async def flush(self) -> None:
-        """Start publishing the chunk; wait only while too many chunks are unconfirmed."""
+        """Start publishing the chunk; wait only while too many messages are unconfirmed."""
         if not self.chunk:
             return
         chunk, self.chunk = self.chunk, []
-        await self.slots.acquire()
+        # One caller flushes at a time. A chunk bigger than the bound still goes, alone.
+        while self.unconfirmed and self.unconfirmed + len(chunk) > MESSAGES_IN_FLIGHT:
+            self._confirm_seen.clear()
+            await self._confirm_seen.wait()
+        self.unconfirmed += len(chunk)
         seq, self._started = self._started, self._started + 1
         self.handed += self.events
         self.events = 0
@@ -206,7 +215,8 @@ class Sender:
                                 exc, delay)
                     await asyncio.sleep(delay)
         finally:
-            self.slots.release()
+            self.unconfirmed -= len(chunk)
+            self._confirm_seen.set()
 
 
 async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
@@ -219,6 +229,7 @@ async def produce(settings: Settings, plan: Plan, stop: asyncio.Event) -> int:
         channel = await connection.channel(publisher_confirms=True)
         await declare_topology(channel)
         run = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:6]}"
+        freeze_startup()
         progress = Progress(plan.count)
         log.info("producing %s events%s as run %s", plan.count or "endless",
                  f" at {plan.rate:g}/s" if plan.rate else "", run)
