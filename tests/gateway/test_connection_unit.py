@@ -173,3 +173,44 @@ async def test_a_ping_message_gets_a_pong_outside_every_stream() -> None:
     (opcode, payload), = server_frames(transport.take())
     assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1003)
     await asyncio.sleep(0)
+
+
+async def test_a_handshake_that_breaks_a_header_rule_is_answered_not_raised() -> None:
+    """Two Origin headers made websockets raise inside uvicorn's call, before the
+    transport was this connection's: no answer, and the connection stayed in uvicorn's
+    set for good. Now it is a 400, and a position with a non-ASCII digit is ignored."""
+    conn, transport, _ = connection()
+    request = upgrade(f"/ws?token={issue_token(SECRET, 'bob')}", Origin="http://localhost:8080")
+    conn.data_received(request.replace(b"\r\n\r\n", b"\r\nOrigin: http://x.example\r\n\r\n"))
+    head, _, body = transport.take().partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    assert b"more than one Origin" in body
+    assert transport.closing
+    conn, transport, _ = connection()
+    conn.data_received(upgrade(f"/ws?token={issue_token(SECRET, 'bob')}&user=e:%C2%B2"))
+    assert transport.take().startswith(b"HTTP/1.1 101")
+    assert conn.task is not None
+    conn.task.cancel()
+
+
+async def test_the_token_cookie_is_found_beside_cookies_of_other_apps() -> None:
+    conn, transport, _ = connection()
+    cookie = f'a=b c; prefs={{"x": 1}}; token={issue_token(SECRET, "carol")}'
+    conn.data_received(upgrade("/ws", Cookie=cookie))
+    assert transport.take().startswith(b"HTTP/1.1 101")
+    assert conn.user.name == "carol"
+    assert conn.task is not None
+    conn.task.cancel()
+
+
+async def test_a_socket_that_cannot_join_is_closed_with_1011_and_not_left_open() -> None:
+    conn, transport, hub = connection()
+    conn.data_received(upgrade(f"/ws?token={issue_token(SECRET, 'dan')}"))
+    assert transport.take().startswith(b"HTTP/1.1 101")
+    assert hub.connections_of("dan") == 1, "a socket still joining counts"
+    assert conn.task is not None
+    await conn.task  # the store is missing here: the join fails
+    (opcode, payload), = server_frames(transport.take())
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1011)
+    assert hub.connections_of("dan") == 0
+    assert "dan" in hub.idle, "its stream is forgotten in time"

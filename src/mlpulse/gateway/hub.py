@@ -86,7 +86,7 @@ class Position:
         if not text or len(text) > 80:
             return None
         epoch, _, offset = text.rpartition(":")
-        if not epoch or not offset.isdigit():
+        if not epoch or not (offset.isascii() and offset.isdigit()):
             return None
         return cls(epoch, int(offset))
 
@@ -150,6 +150,7 @@ class Hub:
         # Users whose stream has no socket, and since when, the longest idle first.
         self.idle: OrderedDict[str, float] = OrderedDict()
         self.made = 0
+        self.joining: dict[str, int] = {}  # sockets accepted and not yet joined, by user
         self.pending: list[bytes] = []  # broadcast frames of this tick
         self.pending_users: dict[str, list[bytes]] = {}  # users' frames of this tick
         self.flush_due = False
@@ -157,8 +158,17 @@ class Hub:
     # ------------------------------------------------------------------ connections
 
     def connections_of(self, user: str) -> int:
-        """How many sockets a user has open."""
-        return len(self.by_user.get(user, ()))
+        """How many sockets a user has open, those still joining included."""
+        return len(self.by_user.get(user, ())) + self.joining.get(user, 0)
+
+    def hold(self, user: str) -> Stream:
+        """A user's stream for a socket about to join: made if need be, and idle (so it is
+        forgotten in time) while the user has no socket."""
+        stream = self.stream_of(user, make=True)
+        assert stream is not None
+        if user not in self.by_user and user not in self.idle:
+            self.idle[user] = time.monotonic()
+        return stream
 
     def add(self, sock: Socket) -> None:
         """Register a socket; from now on it gets every message of its streams."""
@@ -264,7 +274,8 @@ class Hub:
     # ------------------------------------------------------------------ joining
 
     def welcome(self, sock: Socket, broadcast_at: Position | None, user_at: Position | None,
-                snapshot: Callable[[], str], history: Iterable[str] = ()) -> None:
+                snapshot: Callable[[], str], history: Iterable[str] = (),
+                history_at: Position | None = None) -> None:
         """Register `sock` and write what it starts with, in one step of the event loop, so
         nothing published meanwhile is missed or repeated:
 
@@ -272,7 +283,8 @@ class Hub:
           could be resumed;
         - for `broadcast`, the frames the client missed, or a fresh full snapshot;
         - for its user's stream, the frames it missed, or the user's latest messages from
-          the history (`history`, not numbered).
+          the history (`history`, not numbered, read when the user's stream stood at
+          `history_at`) and the frames published since that read.
         """
         self.add(sock)
         own = self.stream_of(sock.user.name, make=True)
@@ -281,6 +293,14 @@ class Hub:
         missed_u = own.since(user_at)
         self._count(BROADCAST, broadcast_at, missed_b)
         self._count(USER, user_at, missed_u)
+        user_from = user_at.offset if missed_u is not None and user_at else own.offset
+        since_history: list[bytes] = []
+        if missed_u is None and history_at is not None:
+            # Published while the history was read: the read may or may not hold them
+            # (the history is written in bursts), so they are sent too; at least once.
+            late = own.since(history_at)
+            if late is not None:
+                since_history, user_from = late, history_at.offset
         hello = {
             "type": "hello", "ts": time.time(),
             "streams": {
@@ -288,9 +308,7 @@ class Hub:
                             "offset": broadcast_at.offset if missed_b is not None
                             and broadcast_at else self.broadcasts.offset,
                             "recovered": missed_b is not None},
-                USER: {"epoch": own.epoch,
-                       "offset": user_at.offset if missed_u is not None
-                       and user_at else own.offset,
+                USER: {"epoch": own.epoch, "offset": user_from,
                        "recovered": missed_u is not None},
             },
         }
@@ -300,6 +318,7 @@ class Hub:
             parts.extend(missed_u)
         else:
             parts.extend(text_frame(m.encode()) for m in history)
+            parts.extend(since_history)
         sock.write(b"".join(parts), len(parts))
 
     @staticmethod

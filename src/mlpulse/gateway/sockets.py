@@ -23,12 +23,12 @@ import logging
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import redis.exceptions
+from starlette.requests import cookie_parser
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -60,6 +60,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TIMEOUT = 10.0
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
+HISTORY_READ_SECONDS = 5.0
 
 
 class Refused(Exception):
@@ -72,18 +73,25 @@ class Refused(Exception):
 
 def token_in(request: Request, query: dict[str, list[str]]) -> str | None:
     """The token of a handshake: Authorization header, `token` query parameter or cookie,
-    as every HTTP route takes it."""
-    header = request.headers.get("Authorization", "")
+    read as every HTTP route reads them (`deps.token_of`)."""
+    header = _only(request, "Authorization") or ""
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
     if query.get("token"):
-        return query["token"][0]
-    cookies = SimpleCookie()
+        return query["token"][-1]
     for line in request.headers.get_all("Cookie"):
-        with contextlib.suppress(CookieError):
-            cookies.load(line)
-    morsel = cookies.get(COOKIE)
-    return morsel.value if morsel is not None else None
+        token = cookie_parser(line).get(COOKIE)
+        if token:
+            return token
+    return None
+
+
+def _only(request: Request, name: str) -> str | None:
+    """A header that may appear once; `Refused` (400) when it appears more often."""
+    values = request.headers.get_all(name)
+    if len(values) > 1:
+        raise Refused(HTTPStatus.BAD_REQUEST, f"more than one {name} header")
+    return values[0] if values else None
 
 
 class Connection(asyncio.Protocol):
@@ -119,6 +127,7 @@ class Connection(asyncio.Protocol):
         self.ping_sent: float | None = None
         self.timers: list[asyncio.TimerHandle] = []
         self.task: asyncio.Task[None] | None = None
+        self.counted = False  # among its user's sockets while it joins
 
     # ------------------------------------------------------------------ asyncio protocol
 
@@ -127,13 +136,33 @@ class Connection(asyncio.Protocol):
         self.open_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.proto.receive_data(data)
-        self._handle_events()
+        self._guarded(self.proto.receive_data, data)
 
     def eof_received(self) -> bool | None:
-        self.proto.receive_eof()
-        self._handle_events()
+        self._guarded(self.proto.receive_eof)
         return None
+
+    def _guarded(self, receive: Any, *args: Any) -> None:
+        """Feed the protocol and act on what it parsed; nothing may escape to the transport.
+
+        The first call comes from uvicorn before the transport is ours: an exception there
+        would end the connection without `connection_lost` ever reaching this object,
+        which would stay in uvicorn's set of open connections."""
+        try:
+            receive(*args)
+            self._handle_events()
+        except Exception:
+            log.exception("a WebSocket connection of %r failed", self.user.name or "?")
+            if self.proto.state is State.CONNECTING:
+                with contextlib.suppress(Exception):
+                    self.proto.send_response(self.proto.reject(
+                        HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"))
+            else:
+                self.close(CLOSE_INTERNAL, "internal error")
+            with contextlib.suppress(Exception):
+                self._flush()
+            if self.transport is not None and not self.transport.is_closing():
+                self._later(CLOSE_TIMEOUT, self._end)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -278,7 +307,9 @@ class Connection(asyncio.Protocol):
         if self.user.expires is not None:
             self._later(max(0.0, self.user.expires - time.time()),
                         lambda: self.close(CLOSE_POLICY, "token expired"))
+        self._count()
         self.task = asyncio.get_running_loop().create_task(self._join(*positions))
+        self.task.add_done_callback(self._uncount)
 
     def _admit(self, request: Request) -> tuple[User, tuple[Position | None, Position | None]]:
         """The user a handshake speaks for and the positions it resumes from; `Refused`
@@ -286,7 +317,7 @@ class Connection(asyncio.Protocol):
         url = urlsplit(request.path)
         if url.path != PATH:
             raise Refused(HTTPStatus.NOT_FOUND, "no WebSocket here; it is at /ws")
-        origin = request.headers.get("Origin")
+        origin = _only(request, "Origin")
         if origin is not None and origin not in self.settings.origins():
             raise Refused(HTTPStatus.FORBIDDEN, "origin not allowed")
         query = parse_qs(url.query)
@@ -301,23 +332,52 @@ class Connection(asyncio.Protocol):
                       Position.parse(_first(query, "user")))
 
     async def _join(self, broadcast_at: Position | None, user_at: Position | None) -> None:
-        """Read the user's latest messages if its stream cannot be resumed, then join."""
+        """Read the user's latest messages if its stream cannot be resumed, then join.
+
+        Counted among the user's sockets meanwhile, so a slow store cannot let one user
+        open sockets past the cap."""
         name = self.user.name
-        history: list[str] = []
-        stream = self.hub.stream_of(name)
-        if stream is None or stream.since(user_at) is None:
-            try:
-                history = await read_history(self.gateway.redis, name)
-            except redis.exceptions.RedisError as exc:
-                log.warning("no history for a new socket of %s: %r", name, exc)
-        if self.closing:
-            return
-        if self.hub.connections_of(name) >= self.settings.ws_max_per_user:
-            # A handshake that ran alongside this one took the last place.
-            self.close(CLOSE_POLICY, "too many connections")
-            return
-        self.hub.welcome(self, broadcast_at, user_at, self.gateway.actualizer.full, history)
-        self.joined = True
+        hub = self.hub
+        try:
+            history: list[str] = []
+            history_at: Position | None = None
+            stream = hub.hold(name)
+            if stream.since(user_at) is None:
+                history_at = Position(stream.epoch, stream.offset)
+                try:
+                    async with asyncio.timeout(HISTORY_READ_SECONDS):
+                        history = await read_history(self.gateway.redis, name)
+                except (redis.exceptions.RedisError, TimeoutError) as exc:
+                    log.warning("no history for a new socket of %s: %r", name, exc)
+            self._uncount()
+            if self.closing:
+                return
+            if hub.connections_of(name) >= self.settings.ws_max_per_user:
+                # A handshake that ran alongside this one took the last place.
+                self.close(CLOSE_POLICY, "too many connections")
+                return
+            hub.welcome(self, broadcast_at, user_at, self.gateway.actualizer.full, history,
+                        history_at)
+            self.joined = True
+        except Exception:
+            log.exception("a socket of %s could not join", name)
+            self.close(CLOSE_INTERNAL, "internal error")
+
+    def _count(self) -> None:
+        """Count this socket among its user's while it joins."""
+        joining = self.hub.joining
+        joining[self.user.name] = joining.get(self.user.name, 0) + 1
+        self.counted = True
+
+    def _uncount(self, _: object = None) -> None:
+        """Stop counting it as joining: it joined, or never will (also when its task was
+        cancelled before it ran)."""
+        if self.counted:
+            self.counted = False
+            joining, name = self.hub.joining, self.user.name
+            joining[name] -= 1
+            if not joining[name]:
+                del joining[name]
 
     def _frame(self, frame: Frame) -> None:
         """A frame from the client: control frames are the protocol's; data frames are rate
