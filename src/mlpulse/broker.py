@@ -10,10 +10,11 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, DeliveryMode
 from aiormq.abc import DeliveredMessage
@@ -119,10 +120,21 @@ PERSISTENT_JSON = amqp_spec.Basic.Properties(
 )
 
 
+async def raw_channel(channel: AbstractChannel) -> aiormq.Channel:
+    """The aiormq channel under an aio-pika one, typed as the class it is (its abstract
+    base lacks `basic_publish`'s `wait`)."""
+    return cast(aiormq.Channel, await channel.get_underlay_channel())
+
+
 async def publish_many(channel: AbstractChannel, routing_key: str, bodies: Iterable[bytes]) -> int:
     """Publish to a queue on the default exchange and wait for the broker's confirms."""
-    raw = await channel.get_underlay_channel()
-    pending = [raw.basic_publish(b, routing_key=routing_key, properties=PERSISTENT_JSON)
+    raw = await raw_channel(channel)
+    # Not waiting for each frame to be written (`wait=False`): with the default, every
+    # publish held the channel's lock until the connection's writer had drained, so the
+    # messages of a batch went out one turn of the event loop apart. The broker's
+    # confirm, awaited below, is what says a message arrived.
+    pending = [raw.basic_publish(b, routing_key=routing_key, properties=PERSISTENT_JSON,
+                                 wait=False)
                for b in bodies]
     if pending:
         await asyncio.gather(*pending)

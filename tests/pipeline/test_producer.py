@@ -14,7 +14,9 @@ class Raw:
         self.confirm = asyncio.Event()
         self.published = 0
 
-    async def basic_publish(self, body: bytes, routing_key: str, properties: object) -> None:
+    async def basic_publish(self, body: bytes, routing_key: str, properties: object,
+                            wait: bool = True) -> None:
+        assert not wait, "a publish must not hold the channel until its frame is written"
         self.published += 1
         await self.confirm.wait()
 
@@ -77,3 +79,52 @@ async def test_a_chunk_bigger_than_the_bound_goes_alone() -> None:
         await sender.flush()
     assert raw.published == MESSAGES_IN_FLIGHT + 1
     assert sender.confirmed == MESSAGES_IN_FLIGHT + 1
+
+
+async def test_a_paced_run_wakes_once_per_pace_and_sends_what_is_due_as_single_events(
+) -> None:
+    """At 2,000 events a second the producer no longer wakes for every event: it sends
+    what has come due once per `PACE_SECONDS`, still one message per event, each
+    stamped no earlier than it was due and never in the future."""
+    import time
+
+    import numpy as np
+
+    from mlpulse.ml.data import Dataset
+    from mlpulse.pipeline.producer import PACE_SECONDS, Plan, Progress, _send
+
+    raw = Raw()
+    raw.confirm.set()
+    data = Dataset(X=np.arange(30.0).reshape(10, 3), y=np.arange(10.0),
+                   feature_names=["a", "b", "c"])
+    plan = Plan(count=200, batch=1, rate=2000.0)
+    flushes = 0
+    sent: list[tuple[float, float]] = []  # (event's ts, when it was handed over)
+    async with asyncio.TaskGroup() as group:
+        sender = Sender(Channel(raw), group)  # type: ignore[arg-type]
+        flush = sender.flush
+
+        async def counting_flush() -> None:
+            nonlocal flushes
+            flushes += bool(sender.chunk)
+            now = time.time()
+            sent.extend((doc_ts, now) for doc_ts in stamps(sender.chunk))
+            await flush()
+
+        sender.flush = counting_flush  # type: ignore[method-assign]
+        started = time.time()
+        await _send(sender, data, plan, "r", asyncio.Event(), Progress(None))
+    # 200 events over 0.1 s: a wake per event would flush ~200 times; a wake per pace
+    # at most 0.1 / PACE_SECONDS + a few (fewer when the loop is late, never more).
+    assert flushes <= 0.1 / PACE_SECONDS + 5, flushes
+    assert raw.published == 400  # features and label, one message per event each
+    assert len(sent) == 400
+    for i, (ts, handed) in enumerate(sent):
+        due = started + (i // 2) / plan.rate
+        assert due - 0.002 <= ts <= handed, (i, ts - due, handed - ts)
+
+
+def stamps(chunk: list[tuple[str, bytes]]) -> list[float]:
+    import orjson
+
+    return [float(orjson.loads(body)["ts"]) for _, body in chunk]

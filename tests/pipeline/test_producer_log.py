@@ -23,7 +23,8 @@ async def test_the_total_counts_only_events_confirmed_with_all_before_them() -> 
     stuck = asyncio.Event()
 
     class Raw:
-        async def basic_publish(self, body: bytes, routing_key: str, properties: object) -> None:
+        async def basic_publish(self, body: bytes, routing_key: str, properties: object,
+                                wait: bool = True) -> None:
             if body == b'"second"':
                 await stuck.wait()
 
