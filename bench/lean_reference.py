@@ -112,7 +112,10 @@ def _persistent() -> Any:
 
 async def _publish(channel: Any, queue: str, body: bytes, properties: Any) -> None:
     """Publish and wait for the broker's confirm; a nack is an error."""
-    confirmation = await channel.basic_publish(body, routing_key=queue, properties=properties)
+    # `wait=False`, as mlpulse publishes: the confirm is what is awaited, not the drain of
+    # each frame under the channel's lock.
+    confirmation = await channel.basic_publish(body, routing_key=queue, properties=properties,
+                                               wait=False)
     if not isinstance(confirmation, spec.Basic.Ack):
         raise RuntimeError(f"the broker refused a message to {queue}: {confirmation!r}")
 
