@@ -275,7 +275,8 @@ async def _plot_once(settings: Settings) -> None:
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True),
               help="Seconds between events (the seed's pace is 10).")
 @click.option("--rate", type=click.FloatRange(min=0),
-              help="Events per second; 0 sends as fast as the broker confirms.")
+              help="Events per second; 0 sends as fast as the broker confirms. Above "
+                   "200/s, what has come due is sent every 5 ms, not one event at a time.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Events per message; 1 sends seed-style single events.")
 @click.option("--no-labels", is_flag=True, help="Send features only (labels come later).")

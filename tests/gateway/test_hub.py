@@ -184,26 +184,31 @@ async def test_a_reader_that_stops_is_dropped_and_others_get_everything(
     n = 2000
     pad = "x" * 2000
     stalled = StalledClient(f"{gw.ws}?token={token('slow')}")
-    async with websockets.connect(f"{gw.ws}?token={token('fast')}", max_size=None) as fast:
-        await fast.recv()
-        items = [("broadcast", {"type": "tick", "ts": 1.0, "data": {"n": i, "pad": pad}})
-                 for i in range(n)]
-        await asyncio.to_thread(publish_many, env, items)
-        got = own(await collect(fast, lambda g: len(own(g)) >= n, seconds=60))
-    assert [m["data"]["n"] for m in got] == list(range(n))
-    reply = await asyncio.to_thread(httpx.get, gw.http + "/metrics",
-                                    params={"token": token("ops")})
-    metrics = reply.text
+    try:
+        async with websockets.connect(f"{gw.ws}?token={token('fast')}", max_size=None) as fast:
+            await fast.recv()
+            items = [("broadcast", {"type": "tick", "ts": 1.0, "data": {"n": i, "pad": pad}})
+                     for i in range(n)]
+            await asyncio.to_thread(publish_many, env, items)
+            got = own(await collect(fast, lambda g: len(own(g)) >= n, seconds=60))
+        assert [m["data"]["n"] for m in got] == list(range(n))
+        reply = await asyncio.to_thread(httpx.get, gw.http + "/metrics",
+                                        params={"token": token("ops")})
+        metrics = reply.text
 
-    def value(name: str) -> float:
-        return float(next(line for line in metrics.splitlines()
-                          if line.startswith(name + " ")).split()[-1])
+        def value(name: str) -> float:
+            return float(next(line for line in metrics.splitlines()
+                              if line.startswith(name + " ")).split()[-1])
 
-    assert value("mlpulse_gateway_slow_client_drops_total") == 1
-    # Messages relayed in one turn of the event loop went out in one write per socket.
-    assert value("mlpulse_gateway_socket_writes_total") < \
-        value("mlpulse_gateway_deliveries_total") / 2
-    assert await asyncio.to_thread(stalled.close_code) == 1013
+        assert value("mlpulse_gateway_slow_client_drops_total") == 1
+        # Never more than a write per delivery. How many share a write depends on how the
+        # broker spreads them over turns of the event loop (a loaded machine hands them over
+        # one by one), so the one-write-a-turn rule is tested in-process, in test_hub_unit.
+        writes = value("mlpulse_gateway_socket_writes_total")
+        assert 0 < writes <= value("mlpulse_gateway_deliveries_total")
+        assert await asyncio.to_thread(stalled.close_code) == 1013
+    finally:
+        stalled.sock.close()  # also when an assertion above failed
 
 
 async def test_every_gateway_delivers_every_event(
